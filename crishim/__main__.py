@@ -1,0 +1,5 @@
+import sys
+
+from crishim.cli import main
+
+sys.exit(main())

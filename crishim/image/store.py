@@ -1,0 +1,138 @@
+"""The on-disk store: content-addressed blobs, unpacked layers and one index file.
+
+Layout under `root`:
+    blobs/sha256/<hex>   verified content (manifests, configs, compressed layers)
+    ingest/              downloads in progress; emptied at start
+    layers/<hex>/        a layer unpacked, named after its diff_id; `layers/.tmp-*` are in progress
+    rootfs/<id>.json     which layers a container's rootfs stacks (keeps them from being collected)
+    images.json          the index: images, their names and what they reference
+Crash safety comes from ordering: content is written under a temporary name and renamed into place once
+verified, and an image exists only when `images.json` (replaced atomically) names it. Anything present
+but unnamed after a crash is garbage, collected at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from crishim.errors import InvalidArgument
+
+INDEX_VERSION = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _hex(digest: str) -> str:
+    algorithm, _, value = digest.partition(":")
+    if algorithm != "sha256" or len(value) != 64:
+        raise InvalidArgument(f"unsupported digest {digest!r} (only sha256 is supported)")
+    return value
+
+
+def sha256_digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Store:
+    """Paths and blocking file operations; callers run these in worker threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.ingest = root / "ingest"
+        self.layers = root / "layers"
+        self.rootfs = root / "rootfs"
+        self.index_path = root / "images.json"
+        self.empty_layer = self.layers / "empty"
+
+    def setup(self) -> None:
+        for path in (self.blobs, self.ingest, self.layers, self.rootfs, self.empty_layer):
+            path.mkdir(parents=True, exist_ok=True)
+        for leftover in self.ingest.iterdir():
+            leftover.unlink()
+        for leftover in self.layers.glob(".tmp-*"):
+            shutil.rmtree(leftover)
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / _hex(digest)
+
+    def layer_path(self, diff_id: str) -> Path:
+        return self.layers / _hex(diff_id)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def read_blob(self, digest: str) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        actual = sha256_digest(data)
+        if actual != digest:
+            raise InvalidArgument(f"content has digest {actual}, expected {digest}")
+        if not self.has_blob(digest):
+            write_atomic(self.blob_path(digest), data)
+
+    def ingest_path(self, digest: str) -> Path:
+        return self.ingest / f"{_hex(digest)}.{secrets.token_hex(4)}"
+
+    def commit_ingest(self, tmp: Path, digest: str) -> None:
+        os.replace(tmp, self.blob_path(digest))
+
+    def layer_tmp(self, diff_id: str) -> Path:
+        return self.layers / f".tmp-{_hex(diff_id)}-{secrets.token_hex(4)}"
+
+    def commit_layer(self, tmp: Path, diff_id: str) -> None:
+        """Flush the unpacked files before the rename makes the layer count as complete."""
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.layer_path(diff_id))
+
+    def load_index(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.index_path.read_bytes())
+        except FileNotFoundError:
+            return {"version": INDEX_VERSION, "images": [], "layers": {}}
+        if data.get("version") != INDEX_VERSION:
+            raise InvalidArgument(f"{self.index_path}: unknown index version {data.get('version')}")
+        return data
+
+    def save_index(self, data: dict[str, Any]) -> None:
+        write_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def collect(self, blobs: set[str], layers: set[str]) -> None:
+        """Delete every blob and layer not in the sets (given as hex digests)."""
+        for path in self.blobs.iterdir():
+            if path.name not in blobs:
+                path.unlink(missing_ok=True)
+        for path in self.layers.iterdir():
+            if path.name not in layers and path != self.empty_layer \
+                    and not path.name.startswith(".tmp-"):
+                trash = self.layers / f".tmp-gc-{secrets.token_hex(4)}"
+                os.rename(path, trash)
+                shutil.rmtree(trash)

@@ -1,0 +1,1 @@
+"""Pod networking on top of the `cni` library: kubelet's SetUpPod / TearDownPod, config loading, GC."""

@@ -1,0 +1,182 @@
+"""The network plugin of crishim: kubelet's SetUpPod / TearDownPod over the `cni` library.
+
+It keeps the default network loaded (first valid file of the conf dir, reloaded on change), tells Status
+whether the network is ready, and records every plugin call of a pod for its timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cni
+from crishim.config import CNISection
+from crishim.network.podnet import POD_IFNAME, Attachment
+from crishim.network.rwlock import RWLock
+from crishim.network.watch import DirWatcher
+from crishim.sandbox.model import PluginTiming
+
+log = logging.getLogger(__name__)
+
+# Teardown after a failed or interrupted set-up gets its own deadline, not the caller's (R-SBX-2).
+TEARDOWN_TIMEOUT = 60.0
+
+_timeline: contextvars.ContextVar[list[PluginTiming] | None] = contextvars.ContextVar(
+    "crishim_cni_timeline", default=None)
+
+
+@dataclass
+class LoadState:
+    load: cni.ConfDirLoad | None = None
+    error: str = "CNI configuration not loaded yet"
+    loaded_at: float = 0.0
+    status_error: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def _record_call(call: cni.PluginCall) -> None:
+    timeline = _timeline.get()
+    if timeline is not None:
+        timeline.append(PluginTiming(verb=call.verb, plugin_type=call.plugin_type,
+                                     started=call.started, duration=call.duration,
+                                     error=str(call.error) if call.error else ""))
+
+
+@contextlib.contextmanager
+def recording(timeline: list[PluginTiming]) -> Iterator[None]:
+    """Collect the plugin calls made by this task (and the tasks it starts) into `timeline`."""
+    token = _timeline.set(timeline)
+    try:
+        yield
+    finally:
+        _timeline.reset(token)
+
+
+class NetworkManager:
+    def __init__(self, cfg: CNISection) -> None:
+        self.cfg = cfg
+        self.cni = cni.CNIConfig(cfg.bin_dirs, cache_dir=cfg.cache_dir, timeout=cfg.plugin_timeout,
+                                 observer=_record_call, exec_prefix=cfg.exec_prefix)
+        self.state = LoadState()
+        self._gc_lock = RWLock()
+        self._watcher: DirWatcher | None = None
+        self._reload_lock = asyncio.Lock()
+        self._loaded = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.reload()
+        self._watcher = DirWatcher([self.cfg.conf_dir, *self.cfg.bin_dirs], self.reload,
+                                   self.cfg.rescan_interval)
+        self._watcher.start()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+
+    @property
+    def network(self) -> cni.NetworkConfigList | None:
+        return self.state.load.default if self.state.load else None
+
+    async def reload(self) -> None:
+        """Load the conf dir off the event loop; the swap itself is atomic, so ADDs never wait on it."""
+        async with self._reload_lock:
+            load = await asyncio.to_thread(cni.load_conf_dir, self.cfg.conf_dir,
+                                           self.cfg.default_network or None)
+            error = load.error_message() if load.default is None else self._missing_plugins(load.default)
+            if load.default is not None and not error:
+                self._loaded.set()
+            previous = self.network
+            self.state = LoadState(load=load, error=error, loaded_at=time.time(),
+                                   history=self.state.history[-9:])
+            summary = (f"loaded {load.default.name} from {load.default.source}" if load.default
+                       else f"no network: {error}")
+            self.state.history.append(f"{time.strftime('%H:%M:%S')} {summary}")
+            if previous is None or load.default is None or previous.raw_bytes != load.default.raw_bytes:
+                log.info("CNI configuration", extra={"result": summary, "error": error})
+
+    async def wait_loaded(self) -> None:
+        """Return once a usable network has been loaded."""
+        await self._loaded.wait()
+
+    def _missing_plugins(self, net: cni.NetworkConfigList) -> str:
+        missing = []
+        for plugin in net.plugins:
+            try:
+                cni.find_in_path(plugin.type, self.cfg.bin_dirs)
+            except cni.CNIError:
+                missing.append(plugin.type)
+        if missing:
+            return (f"network {net.name} ({net.source}) needs plugin(s) {', '.join(missing)}, "
+                    f"not found in {':'.join(self.cfg.bin_dirs)}")
+        return ""
+
+    async def status(self) -> tuple[bool, str, dict[str, Any]]:
+        """(ready, message, verbose info); runs CNI STATUS for networks that support it."""
+        net = self.network
+        info: dict[str, Any] = {
+            "confDir": self.cfg.conf_dir,
+            "binDirs": self.cfg.bin_dirs,
+            "network": net.name if net else None,
+            "source": net.source if net else None,
+            "skipped": [{"file": path, "reason": reason}
+                        for path, reason in (self.state.load.skipped if self.state.load else ())],
+            "lastLoad": self.state.history,
+        }
+        if net is None or self.state.error:
+            info["error"] = self.state.error
+            return False, self.state.error, info
+        try:
+            await self.cni.get_status_network_list(net)
+        except cni.CNIError as exc:
+            info["error"] = str(exc)
+            return False, f"network {net.name}: {exc}", info
+        return True, "", info
+
+    def _runtime_conf(self, att: Attachment) -> cni.RuntimeConf:
+        return cni.RuntimeConf(container_id=att.sandbox_id, netns=att.netns, ifname=POD_IFNAME,
+                               args=att.args, capability_args=att.capability_args)
+
+    async def set_up(self, att: Attachment, timeline: list[PluginTiming]
+                     ) -> tuple[cni.NetworkConfigList, cni.Result]:
+        net = self.network
+        if net is None or self.state.error:
+            raise cni.CNIError(f"network plugin is not ready: {self.state.error}")
+        with recording(timeline):
+            async with self._gc_lock.read():
+                result = await self.cni.add_network_list(net, self._runtime_conf(att))
+        return net, result
+
+    async def tear_down(self, att: Attachment, network_name: str,
+                        timeline: list[PluginTiming]) -> None:
+        """CNI DEL with the config and arguments cached at ADD, else the current config (R-NET-3)."""
+        rt = self._runtime_conf(att)
+        cached, cached_rt = self.cni.get_network_list_cached_config(network_name, rt)
+        net = cached or self.network
+        if net is None:
+            raise cni.CNIError(
+                f"cannot tear down network {network_name!r}: no cached config and {self.state.error}")
+        if cached is not None:
+            rt = cni.RuntimeConf(container_id=att.sandbox_id, netns=att.netns, ifname=POD_IFNAME,
+                                 args=cached_rt.args, capability_args=cached_rt.capability_args)
+        with recording(timeline):
+            async with self._gc_lock.read():
+                await self.cni.del_network_list(net, rt, timeout=TEARDOWN_TIMEOUT)
+
+    async def garbage_collect(self, valid_sandbox_ids: Callable[[], list[str]]) -> None:
+        """Release attachments no known sandbox owns (a crash between ADD and the record).
+
+        The valid set is read only once GC holds the network exclusively, so an ADD that finished just
+        before cannot be mistaken for garbage.
+        """
+        net = self.network
+        if net is None or net.disable_gc:
+            return
+        async with self._gc_lock.write():
+            valid = [(sid, POD_IFNAME) for sid in valid_sandbox_ids()]
+            await self.cni.gc_network_list(net, valid)

@@ -1,0 +1,1 @@
+"""Pod sandboxes: pinned namespaces, CNI set-up and teardown, persisted records."""

@@ -1,0 +1,359 @@
+"""The pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox and start-up recovery.
+
+Order of a Run (R-SBX-1): record CREATING (with the netns path it is about to pin, so a crash at any later
+point is found by the next start) → pin namespaces → pod files → CNI ADD → sysctls → READY. Everything
+after pinning is rolled back by a CNI DEL with its own deadline; the namespaces go only once DEL worked
+(R-SBX-2), otherwise the record stays NOTREADY with the teardown owed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import cni
+from crishim.config import Config
+from crishim.errors import NetworkError, NotFound, Unavailable
+from crishim.network import podnet
+from crishim.network.manager import NetworkManager
+from crishim.sandbox.files import release_pod_files, write_pod_files
+from crishim.sandbox.model import Sandbox, SandboxSpec, SandboxState
+from crishim.sandbox.namespaces import (
+    PodNamespaces,
+    apply_sysctls,
+    is_pinned,
+    pin_namespaces,
+    release_namespaces,
+    unmount,
+)
+from crishim.sandbox.validate import validate_spec
+from crishim.store import read_json, remove_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RECORD = "sandbox.json"
+NETNS_PREFIX = "cni-"
+TIMELINE_LIMIT = 64
+REAPER_INTERVAL = 30.0
+
+
+class ContainerHooks(Protocol):
+    """What the container manager does for a pod being stopped or removed."""
+
+    async def stop_all(self, sandbox_id: str) -> None: ...
+
+    async def remove_all(self, sandbox_id: str) -> None: ...
+
+
+class SandboxManager:
+    def __init__(self, config: Config, network: NetworkManager, handlers: set[str]) -> None:
+        self.config = config
+        self.network = network
+        self.handlers = handlers
+        self.root = Path(config.state_dir) / "sandboxes"
+        self.ns_root = Path(config.run_dir) / "sandboxes"
+        self.netns_dir = Path(config.netns_dir)
+        self.containers: ContainerHooks | None = None
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._by_key: dict[tuple[str, str, str, int], str] = {}
+        self._inflight: dict[tuple[str, str, str, int], asyncio.Task[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._node_hostname = socket.gethostname()
+        self.on_change: Callable[[Sandbox, str], None] | None = None
+
+    # ---- lookup -------------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> Sandbox | None:
+        """By full id or unique prefix."""
+        found = self._sandboxes.get(sandbox_id)
+        if found is not None or not sandbox_id:
+            return found
+        matches = [s for sid, s in self._sandboxes.items() if sid.startswith(sandbox_id)]
+        return matches[0] if len(matches) == 1 else None
+
+    def require(self, sandbox_id: str) -> Sandbox:
+        found = self.get(sandbox_id)
+        if found is None or found.state == SandboxState.CREATING:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return found
+
+    def list(self) -> list[Sandbox]:
+        return [s for s in self._sandboxes.values() if s.state != SandboxState.CREATING]
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _notify(self, sandbox: Sandbox, event: str) -> None:
+        if self.on_change is not None:
+            self.on_change(sandbox, event)
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def _record_path(self, sandbox_id: str) -> Path:
+        return self.root / sandbox_id / RECORD
+
+    async def _persist(self, sandbox: Sandbox) -> None:
+        del sandbox.timeline[:-TIMELINE_LIMIT]
+        await asyncio.to_thread(write_json_atomic, self._record_path(sandbox.id), sandbox.to_json())
+
+    # ---- run ----------------------------------------------------------------------------------
+
+    async def run(self, spec: SandboxSpec, config_blob: str) -> str:
+        """Create the pod; a retry of the same (name, namespace, uid, attempt) gets the same id (R-SBX-3).
+
+        Creation runs as its own task: a client that gives up (kubelet's 4-minute deadline) does not
+        interrupt it half-way, and its retry picks up the result.
+        """
+        validate_spec(spec, self.handlers)
+        key = spec.dedupe_key()
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        existing = self._sandboxes.get(self._by_key.get(key, ""))
+        if existing is not None and existing.state == SandboxState.READY:
+            return existing.id
+        task = asyncio.get_running_loop().create_task(self._create(spec, config_blob))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    def _new_sandbox(self, spec: SandboxSpec, config_blob: str) -> Sandbox:
+        sandbox_id = secrets.token_hex(32)
+        sandbox = Sandbox(id=sandbox_id, spec=spec, state=SandboxState.CREATING,
+                          created_at=time.time_ns(), dir=str(self.root / sandbox_id))
+        spec.config_blob = config_blob
+        ns_dir = self.ns_root / sandbox_id
+        if not spec.host_network:
+            sandbox.netns_path = str(self.netns_dir / f"{NETNS_PREFIX}{uuid.uuid4()}")
+            sandbox.uts_ns_path = str(ns_dir / "uts")
+            net = self.network.network
+            sandbox.network_name = net.name if net else ""
+            sandbox.teardown_pending = True
+        if not spec.host_ipc:
+            sandbox.ipc_ns_path = str(ns_dir / "ipc")
+        return sandbox
+
+    def namespaces(self, sandbox: Sandbox) -> PodNamespaces:
+        return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path)
+
+    def _attachment(self, sandbox: Sandbox, netns: str) -> podnet.Attachment:
+        spec = sandbox.spec
+        return podnet.Attachment(sandbox.id, netns, podnet.cni_args(spec, sandbox.id),
+                                 podnet.capability_args(spec))
+
+    async def _create(self, spec: SandboxSpec, config_blob: str) -> str:
+        if not spec.host_network:
+            ready, message, _ = await self.network.status()
+            if not ready:
+                raise Unavailable(f"network plugin is not ready: {message}")
+            podnet.capability_args(spec)  # rejects bad bandwidth annotations before anything exists
+        sandbox = self._new_sandbox(spec, config_blob)
+        async with self._lock(sandbox.id):
+            self._sandboxes[sandbox.id] = sandbox
+            self._by_key[spec.dedupe_key()] = sandbox.id
+            try:
+                await self._persist(sandbox)
+                await self._set_up(sandbox)
+                sandbox.state = SandboxState.READY
+                await self._persist(sandbox)
+            except BaseException as exc:
+                await asyncio.shield(self._roll_back(sandbox, exc))
+                if isinstance(exc, cni.CNIError):
+                    raise NetworkError(
+                        f"failed to set up network for sandbox {sandbox.id}: {exc}") from exc
+                raise
+        log.info("sandbox ready", extra={"sandbox": sandbox.id, "pod": f"{spec.namespace}/{spec.name}",
+                                         "ips": sandbox.ips})
+        self._notify(sandbox, "started")
+        return sandbox.id
+
+    async def _set_up(self, sandbox: Sandbox) -> None:
+        spec = sandbox.spec
+        await pin_namespaces(self.namespaces(sandbox), spec.hostname or spec.name)
+        await asyncio.to_thread(write_pod_files, sandbox, self._node_hostname)
+        if not spec.host_network:
+            net, result = await self.network.set_up(
+                self._attachment(sandbox, sandbox.netns_path), sandbox.timeline)
+            sandbox.network_name = net.name
+            sandbox.cni_result = result.raw
+            sandbox.ips = pod_ips(result)
+        await apply_sysctls(self.namespaces(sandbox), spec.sysctls)
+
+    async def _roll_back(self, sandbox: Sandbox, cause: BaseException) -> None:
+        sandbox.last_error = str(cause) or type(cause).__name__
+        try:
+            await self._tear_down(sandbox)
+        except Exception as exc:
+            log.warning("rollback left the network in place; teardown is retried later",
+                        extra={"sandbox": sandbox.id, "error": str(exc)})
+            sandbox.state = SandboxState.NOTREADY
+            await self._persist(sandbox)
+            return
+        await self._forget(sandbox)
+
+    # ---- stop / remove ------------------------------------------------------------------------
+
+    async def _tear_down(self, sandbox: Sandbox) -> None:
+        """CNI DEL while the netns still exists (bridge needs it to undo its masquerade rules)."""
+        if sandbox.teardown_pending:
+            netns = sandbox.netns_path if await asyncio.to_thread(is_pinned, sandbox.netns_path) else ""
+            await self.network.tear_down(self._attachment(sandbox, netns), sandbox.network_name,
+                                         sandbox.timeline)
+            sandbox.teardown_pending = False
+        await release_namespaces(self.namespaces(sandbox))
+        await asyncio.to_thread(release_pod_files, sandbox)
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Idempotent: an unknown or stopped pod succeeds; a failed DEL is returned and retried later."""
+        sandbox = self.get(sandbox_id)
+        if sandbox is None:
+            return
+        async with self._lock(sandbox.id):
+            await self._stop_locked(sandbox)
+
+    async def _stop_locked(self, sandbox: Sandbox) -> None:
+        if sandbox.id not in self._sandboxes:
+            return
+        if self.containers is not None:
+            await self.containers.stop_all(sandbox.id)
+        was_ready = sandbox.state == SandboxState.READY
+        try:
+            await self._tear_down(sandbox)
+        except cni.CNIError as exc:
+            sandbox.state = SandboxState.NOTREADY
+            sandbox.last_error = str(exc)
+            await self._persist(sandbox)
+            raise NetworkError(f"failed to destroy network for sandbox {sandbox.id}: {exc}") from exc
+        sandbox.state = SandboxState.NOTREADY
+        sandbox.ips = []
+        await self._persist(sandbox)
+        if was_ready:
+            self._notify(sandbox, "stopped")
+
+    async def remove(self, sandbox_id: str) -> None:
+        """Stop, remove the pod's containers and every file of the pod; unknown ids succeed."""
+        sandbox = self.get(sandbox_id)
+        if sandbox is None:
+            return
+        async with self._lock(sandbox.id):
+            if sandbox.id not in self._sandboxes:
+                return
+            await self._stop_locked(sandbox)
+            if self.containers is not None:
+                await self.containers.remove_all(sandbox.id)
+            await self._forget(sandbox)
+        self._locks.pop(sandbox.id, None)
+        self._notify(sandbox, "deleted")
+
+    async def _forget(self, sandbox: Sandbox) -> None:
+        self._sandboxes.pop(sandbox.id, None)
+        key = sandbox.spec.dedupe_key()
+        if self._by_key.get(key) == sandbox.id:
+            del self._by_key[key]
+        await asyncio.to_thread(_remove_dirs, [Path(sandbox.dir), self.ns_root / sandbox.id])
+
+    # ---- start-up -----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reload every record, finish what a crash interrupted, and drop namespaces nobody owns."""
+        records = await asyncio.to_thread(_read_records, self.root)
+        for sandbox in records:
+            self._sandboxes[sandbox.id] = sandbox
+            if sandbox.state != SandboxState.CREATING:
+                self._by_key[sandbox.spec.dedupe_key()] = sandbox.id
+        await asyncio.to_thread(self._sweep_orphans)
+        for sandbox in records:
+            if sandbox.state == SandboxState.CREATING:
+                await self._roll_back(sandbox, RuntimeError("crishim stopped while creating the pod"))
+            elif sandbox.state == SandboxState.READY and not sandbox.spec.host_network and not (
+                    await asyncio.to_thread(is_pinned, sandbox.netns_path)):
+                sandbox.state = SandboxState.NOTREADY
+                sandbox.last_error = f"network namespace {sandbox.netns_path} is gone"
+                await self._persist(sandbox)
+        log.info("recovered sandboxes", extra={"count": len(self._sandboxes)})
+        self._spawn(self._collect_garbage_when_ready())
+        self._spawn(self._reap_pending())
+
+    def _sweep_orphans(self) -> None:
+        owned = {s.netns_path for s in self._sandboxes.values()}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.netns_dir):
+                if entry.name.startswith(NETNS_PREFIX) and entry.path not in owned:
+                    log.info("removing an orphaned network namespace", extra={"path": entry.path})
+                    unmount(entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.ns_root):
+                if entry.name not in self._sandboxes:
+                    _remove_dirs([Path(entry.path)])
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _collect_garbage_when_ready(self) -> None:
+        """CNI GC once the network is loaded, with every pod that may still hold an attachment as valid."""
+        await self.network.wait_loaded()
+        try:
+            await self.network.garbage_collect(
+                lambda: [s.id for s in self._sandboxes.values()
+                         if s.teardown_pending or s.state != SandboxState.NOTREADY])
+        except cni.CNIError as exc:
+            log.warning("CNI GC failed", extra={"error": str(exc)})
+
+    async def _reap_pending(self) -> None:
+        """Retry teardowns that failed (plugin down, binary missing) without waiting for kubelet."""
+        while True:
+            for sandbox in list(self._sandboxes.values()):
+                if sandbox.state == SandboxState.NOTREADY and sandbox.teardown_pending:
+                    with contextlib.suppress(NetworkError):
+                        await self.stop(sandbox.id)
+            await asyncio.sleep(REAPER_INTERVAL)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def pod_ips(result: cni.Result) -> list[str]:
+    """The pod interface's IPs, IPv4 first, then the rest in result order (R-CNI-11)."""
+    ips = [str(ip.address.ip) for ip in result.ips_of_interface(podnet.POD_IFNAME)]
+    if not ips:
+        raise cni.CNIError(f"the network result has no IP address for {podnet.POD_IFNAME}")
+    return sorted(ips, key=lambda ip: ipaddress.ip_address(ip).version)
+
+
+def _read_records(root: Path) -> list[Sandbox]:
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            path = Path(entry.path) / RECORD
+            try:
+                found.append(Sandbox.from_json(read_json(path)))
+            except FileNotFoundError:
+                _remove_dirs([Path(entry.path)])  # crashed before the first record was written
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable sandbox record kept for inspection",
+                          extra={"path": str(path), "error": str(exc)})
+    return found
+
+
+def _remove_dirs(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+        remove_file(path)

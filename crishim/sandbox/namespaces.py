@@ -1,0 +1,187 @@
+"""Pinned pod namespaces: create network, IPC and UTS namespaces and keep them alive with bind mounts.
+
+Namespace membership is per thread on Linux, so every operation that enters or creates a namespace runs on
+a fresh, short-lived thread that ends with the operation: no event-loop or gRPC thread ever changes its
+namespaces, and a thread left inside a pod's namespaces cannot be reused by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+NS_GET_NSTYPE = 0xB703
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+T = TypeVar("T")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                       data.encode() if data else None), f"mount {source} on {target}")
+
+
+def unmount(target: str) -> None:
+    """Detach `target`; a path that is gone or not mounted counts as done."""
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOENT, errno.EINVAL):
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def run_in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run `fn` on a new thread that exits afterwards, whatever namespaces it ended up in."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(setter: Callable[[], None]) -> None:
+        if not future.done():
+            setter()
+
+    def body() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            error = exc
+            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
+
+    threading.Thread(target=body, name="crishim-ns", daemon=True).start()
+    return future
+
+
+def _bring_up_loopback() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+
+
+def _write_sysctls(sysctls: Mapping[str, str]) -> None:
+    for key, value in sysctls.items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            path.write_text(value)
+        except OSError as exc:
+            raise OSError(exc.errno, f"sysctl {key}={value}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class PodNamespaces:
+    """Paths of the pinned namespaces of one pod ("" where the pod shares the host's)."""
+
+    net: str = ""
+    ipc: str = ""
+    uts: str = ""
+
+    def pinned(self) -> list[tuple[int, str, str]]:
+        """(clone flag, /proc name, path) of every namespace this pod owns."""
+        entries = [(CLONE_NEWNET, "net", self.net), (CLONE_NEWIPC, "ipc", self.ipc),
+                   (CLONE_NEWUTS, "uts", self.uts)]
+        return [entry for entry in entries if entry[2]]
+
+
+def _pin(namespaces: PodNamespaces, hostname: str) -> None:
+    made: list[str] = []
+    try:
+        for _, _, path in namespaces.pinned():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+            made.append(path)
+        flags = 0
+        for flag, _, _ in namespaces.pinned():
+            flags |= flag
+        _check(_libc.unshare(flags), "unshare")
+        if namespaces.uts and hostname:
+            name = hostname.encode()
+            _check(_libc.sethostname(name, len(name)), "sethostname")
+        if namespaces.net:
+            _bring_up_loopback()
+        for _, proc_name, path in namespaces.pinned():
+            mount(f"/proc/thread-self/ns/{proc_name}", path, None, MS_BIND)
+    except BaseException:
+        _release(made)
+        raise
+
+
+def _release(paths: list[str]) -> None:
+    for path in paths:
+        unmount(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:
+    """Create the pod's namespaces (hostname set, `lo` up) and bind-mount them at their paths."""
+    await run_in_thread(lambda: _pin(namespaces, hostname))
+
+
+async def release_namespaces(namespaces: PodNamespaces) -> None:
+    """Unmount and delete the pinned namespaces; idempotent."""
+    paths = [path for _, _, path in namespaces.pinned()]
+    await asyncio.to_thread(_release, paths)
+
+
+def _enter_and_write(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+    for flag, _, path in namespaces.pinned():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _check(_libc.setns(fd, flag), f"setns {path}")
+        finally:
+            os.close(fd)
+    _write_sysctls(sysctls)
+
+
+async def apply_sysctls(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+    """Write namespaced sysctls from inside the pod's namespaces."""
+    if sysctls:
+        await run_in_thread(lambda: _enter_and_write(namespaces, sysctls))
+
+
+def is_pinned(path: str) -> bool:
+    """True when `path` is a bind-mounted namespace (nsfs), not just the empty mount-point file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        # Only an nsfs file answers NS_GET_NSTYPE.
+        fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

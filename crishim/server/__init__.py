@@ -1,0 +1,1 @@
+"""The gRPC layer: thin servicers that turn CRI messages into calls on the runtime's domain modules."""

@@ -1,0 +1,99 @@
+"""`crishim serve`: own the socket, serve both CRI services on it, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import IO
+
+import grpc
+
+from crishim.config import Config
+from crishim.runtime import Runtime
+from crishim.server.service import cri_handlers
+
+log = logging.getLogger(__name__)
+
+# kubelet sends PodSandboxStatus of every pod plus full lists; the default 4 MiB is too small at scale.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class AlreadyServing(Exception):
+    """Another crishim owns the socket."""
+
+
+def _socket_is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def claim_socket(path: Path) -> IO[bytes]:
+    """Take the lock beside the socket and clear a stale socket file.
+
+    The lock, not the socket file, decides who serves: it is released by the kernel when its holder dies
+    (even by SIGKILL), so a dead server's socket can be replaced while a live one is never taken over.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "wb")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise AlreadyServing(f"another crishim is serving on {path}") from None
+    if path.exists() or path.is_symlink():
+        if _socket_is_live(path):
+            lock.close()
+            raise AlreadyServing(f"another crishim is serving on {path}")
+        path.unlink()
+    return lock
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    sock_path = Path(config.socket)
+    lock = claim_socket(sock_path)
+    runtime = Runtime(config)
+    await runtime.start()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    server.add_generic_rpc_handlers(cri_handlers(runtime))
+    server.add_insecure_port(f"unix:{sock_path}")
+    old_umask = os.umask(0o117)
+    try:
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock_path, 0o660)
+    log.info("serving CRI", extra={"socket": str(sock_path)})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
+        await server.stop(config.shutdown_grace)
+    finally:
+        await runtime.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_path)
+        lock.close()

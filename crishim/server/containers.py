@@ -1,0 +1,3 @@
+"""The container RPC families, one module each."""
+
+ContainerMixins: tuple[type, ...] = ()

@@ -1,0 +1,98 @@
+"""PodSandboxConfig <-> the sandbox domain objects, and Sandbox -> the CRI status messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from crishim.api.runtime.v1 import api_pb2
+from crishim.sandbox.model import DNSConfig, NamespaceMode, PortMapping, Sandbox, SandboxSpec, SandboxState
+
+_PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
+_STATES = {SandboxState.READY: api_pb2.SANDBOX_READY, SandboxState.NOTREADY: api_pb2.SANDBOX_NOTREADY,
+           SandboxState.CREATING: api_pb2.SANDBOX_NOTREADY}
+
+
+def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> tuple[SandboxSpec, str]:
+    config = request.config
+    options = config.linux.security_context.namespace_options
+    dns = None
+    if config.HasField("dns_config"):
+        dns = DNSConfig(servers=list(config.dns_config.servers), searches=list(config.dns_config.searches),
+                        options=list(config.dns_config.options))
+    spec = SandboxSpec(
+        name=config.metadata.name,
+        namespace=config.metadata.namespace,
+        uid=config.metadata.uid,
+        attempt=config.metadata.attempt,
+        hostname=config.hostname,
+        log_directory=config.log_directory,
+        runtime_handler=request.runtime_handler,
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        dns=dns,
+        port_mappings=[PortMapping(protocol=_PROTOCOLS.get(p.protocol, str(p.protocol)),
+                                   container_port=p.container_port, host_port=p.host_port,
+                                   host_ip=p.host_ip) for p in config.port_mappings],
+        cgroup_parent=config.linux.cgroup_parent,
+        sysctls=dict(config.linux.sysctls),
+        network_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.network)),
+        pid_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.pid)),
+        ipc_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.ipc)),
+    )
+    blob = base64.b64encode(config.SerializeToString(deterministic=True)).decode()
+    return spec, blob
+
+
+def sandbox_config(sandbox: Sandbox) -> api_pb2.PodSandboxConfig:
+    """The config as the client sent it (the record keeps it serialized)."""
+    return api_pb2.PodSandboxConfig.FromString(base64.b64decode(sandbox.spec.config_blob))
+
+
+def _metadata(sandbox: Sandbox) -> api_pb2.PodSandboxMetadata:
+    spec = sandbox.spec
+    return api_pb2.PodSandboxMetadata(name=spec.name, uid=spec.uid, namespace=spec.namespace,
+                                      attempt=spec.attempt)
+
+
+def to_pod_sandbox(sandbox: Sandbox) -> api_pb2.PodSandbox:
+    spec = sandbox.spec
+    return api_pb2.PodSandbox(id=sandbox.id, metadata=_metadata(sandbox), state=_STATES[sandbox.state],
+                              created_at=sandbox.created_at, labels=spec.labels,
+                              annotations=spec.annotations, runtime_handler=spec.runtime_handler)
+
+
+def to_status(sandbox: Sandbox) -> api_pb2.PodSandboxStatus:
+    spec = sandbox.spec
+    status = api_pb2.PodSandboxStatus(
+        id=sandbox.id, metadata=_metadata(sandbox), state=_STATES[sandbox.state],
+        created_at=sandbox.created_at, labels=spec.labels, annotations=spec.annotations,
+        runtime_handler=spec.runtime_handler)
+    if sandbox.state == SandboxState.READY and sandbox.ips:
+        status.network.ip = sandbox.ips[0]
+        status.network.additional_ips.extend(api_pb2.PodIP(ip=ip) for ip in sandbox.ips[1:])
+    options = sandbox_config(sandbox).linux.security_context.namespace_options
+    status.linux.namespaces.options.CopyFrom(options)
+    return status
+
+
+def verbose_info(sandbox: Sandbox) -> dict[str, str]:
+    """`crictl inspectp` shows this: where the namespaces are and how the network set-up went."""
+    from google.protobuf import json_format
+
+    info: dict[str, Any] = {
+        "netnsPath": sandbox.netns_path,
+        "ipcNamespacePath": sandbox.ipc_ns_path,
+        "utsNamespacePath": sandbox.uts_ns_path,
+        "sandboxDir": sandbox.dir,
+        "network": sandbox.network_name,
+        "cniResult": sandbox.cni_result,
+        "teardownPending": sandbox.teardown_pending,
+        "lastError": sandbox.last_error,
+        "timeline": [{"verb": t.verb, "plugin": t.plugin_type, "started": t.started,
+                      "durationMs": round(t.duration * 1000, 3), "error": t.error}
+                     for t in sandbox.timeline],
+        "config": json_format.MessageToDict(sandbox_config(sandbox), preserving_proto_field_name=True),
+    }
+    return {"info": json.dumps(info)}
