@@ -57,9 +57,7 @@ def _runtime_conf(netns: str) -> RuntimeConf:
         raise UsageError(f"CAP_ARGS is not valid JSON: {e}") from None
     if not isinstance(caps, dict):
         raise UsageError("CAP_ARGS must be a JSON object")
-    cid = os.environ.get("CNI_CONTAINERID") or (
-        "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:12]
-    )
+    cid = os.environ.get("CNI_CONTAINERID") or ("cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:12])
     return RuntimeConf(
         container_id=cid,
         netns=netns,
@@ -84,9 +82,7 @@ async def _main(argv: Sequence[str]) -> int:
         raise UsageError(loaded.error_message())
     net = loaded.default
     bin_dirs = (os.environ.get("CNI_PATH") or "/opt/cni/bin:/usr/lib/cni").split(":")
-    cni = CNIConfig(
-        [d for d in bin_dirs if d], cache_dir=os.environ.get("CNI_CACHE_DIR") or "/var/lib/cni"
-    )
+    cni = CNIConfig([d for d in bin_dirs if d], cache_dir=os.environ.get("CNI_CACHE_DIR") or "/var/lib/cni")
     if verb == "add":
         result = await cni.add_network_list(net, _runtime_conf(argv[2]))
         print(json.dumps(result.to_version(net.cni_version), indent=2))

@@ -390,9 +390,7 @@ class CNIConfig:
                 attempt += 1
                 await asyncio.sleep(self.try_again_delay)
 
-    async def _rollback(
-        self, net: NetworkConfigList, rt: RuntimeConf, limit: float, err: CNIError
-    ) -> None:
+    async def _rollback(self, net: NetworkConfigList, rt: RuntimeConf, limit: float, err: CNIError) -> None:
         try:
             await self._del(net, rt, limit)
         except CNIError as del_err:
@@ -423,9 +421,7 @@ class CNIConfig:
         try:
             await asyncio.to_thread(cache.write, record, self.cache_dir)
         except OSError as e:
-            raise CNIError(
-                f"failed to write CNI cache in {self.cache_dir}: {e}", code=IO_FAILURE
-            ) from None
+            raise CNIError(f"failed to write CNI cache in {self.cache_dir}: {e}", code=IO_FAILURE) from None
         return result
 
     @staticmethod

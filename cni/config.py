@@ -114,9 +114,7 @@ def _plugin(obj: Any, source: str, index: int) -> PluginConf:
     caps = obj.get("capabilities", {})
     if not isinstance(caps, dict):
         raise ConfigError(f'{where}: "capabilities" must be an object, got {caps!r}')
-    return PluginConf(
-        type=ptype, raw=obj, capabilities=frozenset(k for k, v in caps.items() if v is True)
-    )
+    return PluginConf(type=ptype, raw=obj, capabilities=frozenset(k for k, v in caps.items() if v is True))
 
 
 def parse_network_config_list(data: bytes, source: str = "<bytes>") -> NetworkConfigList:

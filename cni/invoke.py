@@ -69,9 +69,7 @@ async def _spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subproc
         await asyncio.sleep(TEXT_BUSY_DELAY)
 
 
-async def run_plugin(
-    argv: Sequence[str], env: Mapping[str, str], stdin: bytes, limit: float
-) -> bytes:
+async def run_plugin(argv: Sequence[str], env: Mapping[str, str], stdin: bytes, limit: float) -> bytes:
     """Run one plugin, returning its stdout; any failure becomes a :class:`CNIError`.
 
     On timeout or cancellation the whole process group is killed so no plugin is left behind.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import CrishimServer, TestNode, in_ci, remove_root, test_node
+from tests.harness import CrishimServer, TestNode, in_ci, make_test_node, remove_root
 
 NEEDED_TOOLS = ("ip", "nsenter", "iptables-save")
 
@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def node() -> Iterator[TestNode]:
-    with test_node() as n:
+    with make_test_node() as n:
         yield n
 
 

@@ -63,6 +63,8 @@ def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.Complet
 class TestNode:
     """A network namespace standing in for a node."""
 
+    __test__ = False
+
     name: str
 
     @property
@@ -87,7 +89,7 @@ class TestNode:
 
 
 @contextlib.contextmanager
-def test_node() -> Iterator[TestNode]:
+def make_test_node() -> Iterator[TestNode]:
     node = TestNode(f"crishim-node-{secrets.token_hex(4)}")
     run(["ip", "netns", "add", node.name])
     try:
@@ -248,11 +250,49 @@ class CrishimServer:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @property
+    def ipam_dir(self) -> Path:
+        return self.root / "ipam"
+
     def write_network(self, conflist: dict[str, Any] | None = None,
                       filename: str = "10-test.conflist") -> Path:
+        """Write a network config; host-local leases go under this server's root, not /var/lib/cni."""
+        data = json.loads(json.dumps(conflist or BRIDGE_CONFLIST))
+        for plugin in data.get("plugins", [data]):
+            ipam = plugin.get("ipam")
+            if isinstance(ipam, dict) and ipam.get("type") == "host-local":
+                ipam.setdefault("dataDir", str(self.ipam_dir))
         path = self.conf_dir / filename
-        path.write_text(json.dumps(conflist or BRIDGE_CONFLIST))
+        tmp = path.with_name(f".{filename}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.rename(path)
         return path
+
+    def network_status(self) -> tuple[bool, dict[str, Any]]:
+        response = self.runtime().Status(api_pb2.StatusRequest(verbose=True))
+        ready = {c.type: c.status for c in response.status.conditions}["NetworkReady"]
+        return ready, json.loads(response.info["cni"])
+
+    def use_network(self, conflist: dict[str, Any], filename: str = "10-test.conflist",
+                    timeout: float = 10.0) -> Path:
+        """Write a network config and wait until the running server has loaded it."""
+        path = self.write_network(conflist, filename)
+
+        def loaded() -> bool:
+            ready, cni = self.network_status()
+            return ready and cni.get("network") == conflist["name"]
+
+        poll(loaded, timeout=timeout, what=f"network {conflist['name']} to be loaded")
+        return path
+
+    def leases(self) -> list[str]:
+        """host-local lease files (IP addresses) currently held."""
+        found = []
+        if self.ipam_dir.exists():
+            for net in self.ipam_dir.iterdir():
+                found += [p.name for p in net.iterdir() if p.name[0].isdigit() and "_" not in p.name
+                          and not p.name.startswith("last_reserved_ip")]
+        return found
 
 
 def unmount_tree(root: Path) -> None:

@@ -90,7 +90,7 @@ async def _spawn(argv: list[str], cwd: str, pipe: _SyncPipe, start_fd: int | Non
 
 async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, name: str,
                  bundle: str, log_path: str, exit_dir: str, stdin: bool, tty: bool,
-                 timeout: float = 60.0) -> tuple[int, int]:
+                 sync_wait: float = 60.0) -> tuple[int, int]:
     """Start a monitor that runs `runtime create`; returns (container pid, conmon pid)."""
     pid_file = f"{bundle}/pidfile"
     conmon_pid_file = f"{bundle}/conmon.pid"
@@ -110,9 +110,9 @@ async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, 
         await pipe.open()
         os.write(start_write, b"0")
         try:
-            msg = await asyncio.wait_for(pipe.message(), timeout)
+            msg = await asyncio.wait_for(pipe.message(), sync_wait)
         except TimeoutError:
-            raise OCIRuntimeError(f"conmon: no container pid after {timeout}s") from None
+            raise OCIRuntimeError(f"conmon: no container pid after {sync_wait}s") from None
         await proc.wait()
     finally:
         pipe.close()
@@ -127,14 +127,14 @@ async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, 
 
 
 async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, exec_id: str,
-                    bundle: str, process_spec: str, log_path: str, timeout: int,
+                    bundle: str, process_spec: str, log_path: str, kill_after: int,
                     output_limit: int) -> ExecResult:
     """Run one process in the container and wait for it; on timeout conmon kills its process group."""
     argv = [*_common_args(conmon, handler, container_id, exec_id, exec_id, bundle,
-                          f"{log_path}.pid", log_path),
+                          f"{bundle}/pidfile", log_path),
             "-e", "--exec-process-spec", process_spec, "--sync"]
-    if timeout > 0:
-        argv += ["-T", str(timeout)]
+    if kill_after > 0:
+        argv += ["-T", str(kill_after)]
     pipe = _SyncPipe()
     proc: asyncio.subprocess.Process | None = None
     try:
@@ -157,7 +157,7 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
     if finished.get("data", -1) < 0:
         message = str(finished.get("message", ""))
         if "timed out" in message:
-            raise DeadlineExceeded(f"exec in {container_id}: timeout {timeout}s exceeded")
+            raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after}s exceeded")
         raise OCIRuntimeError(f"exec in {container_id}: {message or 'failed'}")
     text = await asyncio.to_thread(_read_log, log_path, output_limit * 4)
     stdout, stderr = parse_cri_log(text)

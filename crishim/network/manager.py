@@ -62,7 +62,8 @@ class NetworkManager:
     def __init__(self, cfg: CNISection) -> None:
         self.cfg = cfg
         self.cni = cni.CNIConfig(cfg.bin_dirs, cache_dir=cfg.cache_dir, timeout=cfg.plugin_timeout,
-                                 observer=_record_call, exec_prefix=cfg.exec_prefix)
+                                 observer=_record_call, exec_prefix=cfg.exec_prefix,
+                                 rollback_failed_add=False)
         self.state = LoadState()
         self._gc_lock = RWLock()
         self._watcher: DirWatcher | None = None

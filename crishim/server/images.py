@@ -1,5 +1,9 @@
 """The ImageService RPC families, one module each."""
 
+from crishim.server.image_list import ImageListMixin
+from crishim.server.image_pull import ImagePullMixin
+from crishim.server.image_remove import ImageRemoveMixin
+from crishim.server.image_status import ImageStatusMixin
 from crishim.server.imagefs_info import ImageFsInfoMixin
 
-ImageMixins = (ImageFsInfoMixin,)
+ImageMixins = (ImagePullMixin, ImageListMixin, ImageStatusMixin, ImageRemoveMixin, ImageFsInfoMixin)

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ class Calls:
     def __init__(self, log: Path) -> None:
         self.log = log
 
-    def all(self) -> list[tuple[str, str, dict[str, object], dict[str, str]]]:
+    def all(self) -> list[tuple[str, str, dict[str, Any], dict[str, str]]]:
         out = []
         for stdin in sorted(self.log.glob("*.stdin")):
             _, verb, name = stdin.stem.split("-", 2)
@@ -277,14 +278,21 @@ async def test_garbage_result_on_success(fake_bin: FakeBin, tmp_path: Path) -> N
     assert exc.value.code == 6 and exc.value.plugin_type == "liar"
 
 
+def _alive(pid: str) -> bool:
+    """Running and not a zombie waiting for its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def test_hanging_plugin_is_killed_with_its_children(fake_bin: FakeBin, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     bindir = fake_bin("hang", f"sleep 1000 & echo $$ $! > {pids}; wait")
     cfg = CNIConfig([bindir], cache_dir=str(tmp_path), rollback_failed_add=False)
-    with pytest.raises(CNIError, match="timed out after 0.5s"):
+    with pytest.raises(CNIError, match=r"timed out after 0\.5s"):
         await cfg.add_network_list(make_net("1.0.0", {"type": "hang"}), rt(), timeout=0.5)
-    for pid in pids.read_text().split():
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert not [pid for pid in pids.read_text().split() if _alive(pid)]
 
 
 async def test_text_file_busy_is_retried_then_reported(
@@ -294,8 +302,12 @@ async def test_text_file_busy_is_retried_then_reported(
     bindir = fake_bin("busy", "exit 0")
     seen: list[PluginCall] = []
     cfg = CNIConfig([bindir], cache_dir=str(tmp_path), observer=seen.append)
-    with open(os.path.join(bindir, "busy"), "a"), pytest.raises(CNIError, match="Text file busy"):
-        await cfg.del_network_list(make_net("1.0.0", {"type": "busy"}), rt())
+    writer = os.open(os.path.join(bindir, "busy"), os.O_WRONLY)  # exec now fails with ETXTBSY
+    try:
+        with pytest.raises(CNIError, match="Text file busy"):
+            await cfg.del_network_list(make_net("1.0.0", {"type": "busy"}), rt())
+    finally:
+        os.close(writer)
     await cfg.del_network_list(make_net("1.0.0", {"type": "busy"}), rt())
     assert [c.error is None for c in seen] == [False, True]
 

@@ -1,0 +1,505 @@
+"""The container lifecycle: records on disk, one conmon per container, runc/crun for the rest.
+
+Each container's directory (`root/<id>`) is its OCI bundle, conmon's working and persist directory and
+the home of its record, so a restarted crishim finds everything it needs there and in conmon's exit file.
+A container's exit is noticed through a pidfd on its conmon (conmon exits right after writing the exit
+file), so nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from crishim.container import conmon as conmon_mod
+from crishim.container.conmon import Conmon, ExecResult
+from crishim.container.model import Container, ContainerSpec, ContainerState, Resources, SeccompKind
+from crishim.container.oci import OCIRuntimeError, RuntimeHandler
+from crishim.container.ocispec import SpecInputs, build_spec, exec_process, linux_resources
+from crishim.container.store import read_json, write_json
+from crishim.container.users import read_user_files, resolve_user
+from crishim.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from crishim.sandbox.model import NamespaceMode, Sandbox
+
+log = logging.getLogger(__name__)
+
+RECORD = "container.json"
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+KILL_WAIT = 30.0
+REOPEN_WAIT = 5.0
+
+
+class RootfsLike(Protocol):
+    @property
+    def merged(self) -> str | os.PathLike[str]: ...
+
+
+class ImageLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+
+class RootfsProvider(Protocol):
+    """What the image manager offers: a writable root filesystem per container."""
+
+    async def prepare_rootfs(self, image_id: str, container_id: str,
+                             container_dir: Path) -> RootfsLike: ...
+
+    async def release_rootfs(self, container_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    id_prefix: str = ""
+    state: ContainerState | None = None
+    sandbox_id: str = ""
+    labels: dict[str, str] | None = None
+
+    def matches(self, c: Container) -> bool:
+        return (c.id.startswith(self.id_prefix)
+                and (self.state is None or c.state == self.state)
+                and (not self.sandbox_id or c.sandbox_id.startswith(self.sandbox_id))
+                and all(c.spec.labels.get(k) == v for k, v in (self.labels or {}).items()))
+
+
+class ContainerManager:
+    def __init__(self, root: Path, run_dir: Path, runtimes: dict[str, RuntimeHandler],
+                 conmon_path: str, rootfs: RootfsProvider, default_handler: str = "runc",
+                 exec_output_limit: int = EXEC_OUTPUT_LIMIT) -> None:
+        if default_handler not in runtimes:
+            raise ValueError(f"default runtime handler {default_handler!r} is not configured")
+        self.root = root
+        self.run_dir = run_dir
+        self.runtimes = runtimes
+        self.default_handler = default_handler
+        self.conmon = Conmon(conmon_path, str(run_dir / "sock"))
+        self.exec_output_limit = exec_output_limit
+        self._rootfs = rootfs
+        self._containers: dict[str, Container] = {}
+        self._names: dict[tuple[str, str, int], str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._pidfds: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def exit_dir(self) -> Path:
+        return self.run_dir / "exits"
+
+    @property
+    def exec_dir(self) -> Path:
+        return self.run_dir / "exec"
+
+    def _dirs(self) -> None:
+        for d in (self.root, self.exit_dir, self.exec_dir, Path(self.conmon.socket_dir),
+                  *(Path(h.root) for h in self.runtimes.values())):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def get(self, container_id: str) -> Container | None:
+        return self._containers.get(container_id)
+
+    def _require(self, container_id: str) -> Container:
+        c = self._containers.get(container_id)
+        if c is None:
+            raise NotFound(f"container {container_id!r} not found")
+        return c
+
+    def containers_of(self, sandbox_id: str) -> list[Container]:
+        return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(c.image_id == image_id for c in self._containers.values())
+
+    def list_containers(self, flt: ListFilter | None = None) -> list[Container]:
+        flt = flt or ListFilter()
+        return [replace(c) for c in self._containers.values() if flt.matches(c)]
+
+    async def status(self, container_id: str) -> Container:
+        c = self._require(container_id)
+        await self._refresh(c)
+        return replace(c)
+
+    # ---- create / start ------------------------------------------------------------------------
+
+    async def create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike) -> Container:
+        if not spec.name:
+            raise InvalidArgument("container metadata.name is required")
+        handler_name = sandbox.spec.runtime_handler or self.default_handler
+        handler = self.runtimes.get(handler_name)
+        if handler is None:
+            raise InvalidArgument(f"unknown runtime handler {handler_name!r}; "
+                                  f"configured: {sorted(self.runtimes)}")
+        key = (sandbox.id, spec.name, spec.attempt)
+        if key in self._names:
+            raise AlreadyExists(f"container {spec.name!r} attempt {spec.attempt} already exists in "
+                                f"pod sandbox {sandbox.id} as {self._names[key]}")
+        cid = secrets.token_hex(32)
+        self._names[key] = cid
+        cdir = self.root / cid
+        try:
+            await asyncio.to_thread(self._dirs)
+            await asyncio.to_thread(cdir.mkdir, mode=0o700)
+            rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
+            c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
+        except BaseException:
+            self._names.pop(key, None)
+            self._containers.pop(cid, None)
+            with contextlib.suppress(Exception):
+                await self._remove_files(cid, cdir, handler)
+            raise
+        return replace(c)
+
+    async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
+                      handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str) -> Container:
+        sec = spec.security
+        passwd, group = await asyncio.to_thread(read_user_files, Path(rootfs))
+        user = resolve_user(run_as_user=sec.run_as_user, run_as_username=sec.run_as_username,
+                            run_as_group=sec.run_as_group, supplemental_groups=sec.supplemental_groups,
+                            image_user=str(image.config.get("User") or ""), passwd=passwd,
+                            group=group)
+        inputs = SpecInputs(
+            container_id=cid, rootfs=rootfs, user=user, image_config=image.config,
+            cgroups_path=f"{(sandbox.spec.cgroup_parent or '/crishim').rstrip('/')}/{cid}",
+            oom_score_adj_floor=await asyncio.to_thread(_own_oom_score_adj),
+            localhost_seccomp=await self._localhost_profile(spec),
+            target_pid=self._target_pid(sandbox, spec),
+        )
+        oci = build_spec(spec, sandbox, inputs)
+        log_path = ""
+        if sandbox.spec.log_directory and spec.log_path:
+            log_path = os.path.join(sandbox.spec.log_directory, spec.log_path)
+        await asyncio.to_thread(_prepare_host_paths, spec, log_path)
+        await asyncio.to_thread(write_json, cdir / "config.json", oci)
+        c = Container(
+            id=cid, sandbox_id=sandbox.id, spec=spec, image_id=image.id,
+            runtime_handler=handler.name, dir=str(cdir), log_path=log_path,
+            created_at=time.time_ns(), rootfs=rootfs,
+            stop_signal=str(image.config.get("StopSignal") or "SIGTERM"),
+        )
+        self._containers[cid] = c
+        await self._save(c)
+        c.pid, c.conmon_pid = await conmon_mod.create(
+            self.conmon, handler, container_id=cid, name=spec.name, bundle=str(cdir),
+            log_path=log_path or str(cdir / "console.log"), exit_dir=str(self.exit_dir),
+            stdin=spec.stdin, tty=spec.tty)
+        await self._save(c)
+        self._watch(c)
+        return c
+
+    async def _localhost_profile(self, spec: ContainerSpec) -> dict[str, Any] | None:
+        sec = spec.security
+        if sec.seccomp != SeccompKind.LOCALHOST:
+            return None
+        path = sec.seccomp_profile_path
+        if not path.startswith("/"):
+            raise InvalidArgument(f"seccomp localhost profile path {path!r} must be absolute")
+        try:
+            profile: dict[str, Any] = await asyncio.to_thread(read_json, Path(path))
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot load seccomp profile {path!r}: {exc}") from exc
+        return profile
+
+    def _target_pid(self, sandbox: Sandbox, spec: ContainerSpec) -> int:
+        if spec.security.pid_mode != NamespaceMode.TARGET:
+            return 0
+        target = self._containers.get(spec.security.target_id)
+        if target is None or target.sandbox_id != sandbox.id:
+            raise NotFound(f"target container {spec.security.target_id!r} not found in pod "
+                           f"{sandbox.id}")
+        return target.pid if target.state == ContainerState.RUNNING else 0
+
+    async def start(self, container_id: str) -> None:
+        c = self._require(container_id)
+        async with self._lock(c.id):
+            if c.state != ContainerState.CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state}, not CREATED")
+            try:
+                await self.runtimes[c.runtime_handler].start(c.id)
+            except OCIRuntimeError:
+                await self._refresh_locked(c)
+                raise
+            c.state = ContainerState.RUNNING
+            c.started_at = time.time_ns()
+            await self._save(c)
+
+    # ---- stop / remove -------------------------------------------------------------------------
+
+    async def stop(self, container_id: str, grace: float) -> None:
+        """Stop signal, up to `grace` seconds, then SIGKILL; a no-op for unknown or exited ones."""
+        c = self._containers.get(container_id)
+        if c is None:
+            return
+        await self._refresh(c)
+        if c.state not in (ContainerState.RUNNING, ContainerState.CREATED):
+            return
+        handler = self.runtimes[c.runtime_handler]
+        if grace > 0 and c.state == ContainerState.RUNNING:
+            await self._signal(c, handler, c.stop_signal)
+            if await self._wait_exit(c, grace):
+                return
+        await self._signal(c, handler, "SIGKILL")
+        if not await self._wait_exit(c, KILL_WAIT):
+            raise DeadlineExceeded(f"container {c.id} did not exit {KILL_WAIT}s after SIGKILL")
+
+    async def _signal(self, c: Container, handler: RuntimeHandler, signal: str) -> None:
+        try:
+            await handler.kill(c.id, signal)
+        except OCIRuntimeError as exc:
+            # It may have exited in between; anything else is a real failure.
+            await self._refresh(c)
+            if c.state in (ContainerState.RUNNING, ContainerState.CREATED):
+                raise FailedPrecondition(f"cannot signal container {c.id}: {exc}") from exc
+
+    async def _wait_exit(self, c: Container, within: float) -> bool:
+        event = self._exited.setdefault(c.id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), within)
+        except TimeoutError:
+            await self._refresh(c)
+        return c.state == ContainerState.EXITED
+
+    async def remove(self, container_id: str) -> None:
+        """Kill a live container first; an unknown id is already removed."""
+        c = self._containers.get(container_id)
+        if c is None:
+            return
+        await self.stop(c.id, 0)
+        async with self._lock(c.id):
+            if self._containers.get(c.id) is not c:
+                return
+            await self._remove_files(c.id, Path(c.dir), self.runtimes[c.runtime_handler])
+            self._unwatch(c.id)
+            self._containers.pop(c.id, None)
+            self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
+            self._exited.pop(c.id, None)
+        self._locks.pop(c.id, None)
+
+    async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler) -> None:
+        await handler.delete(cid)
+        await self._rootfs.release_rootfs(cid)
+
+        await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
+                                Path(self.conmon.socket_dir) / cid)
+
+    async def stop_all(self, sandbox_id: str, grace: float = 0) -> None:
+        await asyncio.gather(*(self.stop(c.id, grace) for c in self.containers_of(sandbox_id)))
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        await asyncio.gather(*(self.remove(c.id) for c in self.containers_of(sandbox_id)))
+
+    # ---- exec, resources, logs -----------------------------------------------------------------
+
+    async def exec_sync(self, container_id: str, cmd: list[str], kill_after: int) -> ExecResult:
+        """Run `cmd` in the container; `kill_after` seconds (0: no limit) then kill it."""
+        c = await self._running(container_id)
+        if kill_after < 0:
+            raise InvalidArgument("exec timeout must not be negative")
+        config = await asyncio.to_thread(read_json, Path(c.dir) / "config.json")
+        process = exec_process(config["process"], cmd)
+        exec_id = f"{c.id[:16]}-exec-{secrets.token_hex(6)}"
+        # A bundle dir of its own: conmon creates its ctl/winsz FIFOs there and must not replace
+        # the container monitor's.
+        work = self.exec_dir / exec_id
+        await asyncio.to_thread(self._dirs)
+        await asyncio.to_thread(work.mkdir)
+        try:
+            await asyncio.to_thread(write_json, work / "process.json", process)
+            return await conmon_mod.exec_sync(
+                self.conmon, self.runtimes[c.runtime_handler], container_id=c.id,
+                exec_id=exec_id, bundle=str(work), process_spec=str(work / "process.json"),
+                log_path=str(work / "output.log"), kill_after=kill_after,
+                output_limit=self.exec_output_limit)
+        finally:
+            await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / exec_id)
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        c = self._require(container_id)
+        async with self._lock(c.id):
+            await self._refresh_locked(c)
+            if c.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(f"container {c.id} is {c.state}; cannot update resources")
+            oci = linux_resources(resources)
+            oci.pop("devices")
+            await self.runtimes[c.runtime_handler].update(c.id, oci)
+            c.spec.resources = resources
+            await self._save(c)
+
+    async def reopen_log(self, container_id: str) -> None:
+        c = await self._running(container_id)
+        if not c.log_path:
+            raise FailedPrecondition(f"container {c.id} has no log path")
+        await conmon_mod.reopen_log(c.dir)
+        deadline = time.monotonic() + REOPEN_WAIT
+        while not await asyncio.to_thread(os.path.exists, c.log_path):
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"container {c.id}: log {c.log_path} was not reopened")
+            await asyncio.sleep(0.01)
+
+    async def _running(self, container_id: str) -> Container:
+        c = self._require(container_id)
+        await self._refresh(c)
+        if c.state != ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is {c.state}, not RUNNING")
+        return c
+
+    # ---- exits and recovery --------------------------------------------------------------------
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    async def _save(self, c: Container) -> None:
+        await asyncio.to_thread(write_json, Path(c.dir) / RECORD, c.to_json())
+
+    async def _refresh(self, c: Container, conmon_gone: bool = False) -> None:
+        if c.state == ContainerState.EXITED:
+            return
+        async with self._lock(c.id):
+            await self._refresh_locked(c, conmon_gone)
+
+    async def _refresh_locked(self, c: Container, conmon_gone: bool = False) -> None:
+        """Move a container to EXITED once conmon recorded its exit (or vanished without doing so)."""
+        if c.state == ContainerState.EXITED or self._containers.get(c.id) is not c:
+            return
+        result = await asyncio.to_thread(_read_exit, Path(c.dir))
+        if result is None and not conmon_gone:
+            return
+        if result is None:
+            c.exit_code, c.finished_at, oom = 255, time.time_ns(), False
+            c.message = "the container monitor (conmon) disappeared without recording an exit code"
+        else:
+            c.exit_code, c.finished_at, oom = result
+        c.state = ContainerState.EXITED
+        c.reason = "OOMKilled" if oom else ("Completed" if c.exit_code == 0 else "Error")
+        c.pid = 0
+        await self._save(c)
+        self._exited.setdefault(c.id, asyncio.Event()).set()
+        try:
+            await self.runtimes[c.runtime_handler].delete(c.id)
+        except OCIRuntimeError as exc:
+            log.warning("runtime delete after exit failed", extra={"container": c.id,
+                                                                    "error": str(exc)})
+
+    def _watch(self, c: Container) -> None:
+        """Get woken when conmon exits: it does so right after writing the exit file."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(c.conmon_pid)
+        except ProcessLookupError:
+            self._spawn(self._refresh(c, conmon_gone=True))
+            return
+        self._pidfds[c.id] = fd
+
+        def exited() -> None:
+            self._unwatch(c.id)
+            self._spawn(self._refresh(c, conmon_gone=True))
+
+        loop.add_reader(fd, exited)
+
+    def _unwatch(self, cid: str) -> None:
+        fd = self._pidfds.pop(cid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover(self) -> None:
+        """Load the records an earlier crishim left and pick up its containers where they are."""
+        await asyncio.to_thread(self._dirs)
+        records = await asyncio.to_thread(_load_records, self.root)
+        for c in records:
+            if c.runtime_handler not in self.runtimes:
+                log.warning("container of an unconfigured runtime handler ignored",
+                            extra={"container": c.id, "handler": c.runtime_handler})
+                continue
+            self._containers[c.id] = c
+            self._names[(c.sandbox_id, c.spec.name, c.spec.attempt)] = c.id
+            if c.state == ContainerState.EXITED:
+                continue
+            if c.conmon_pid and await asyncio.to_thread(_is_conmon_of, c.conmon_pid, c.id):
+                self._watch(c)
+            else:
+                await self._refresh(c, conmon_gone=True)
+
+    async def close(self) -> None:
+        """Forget the watches; the containers and their monitors keep running."""
+        for cid in list(self._pidfds):
+            self._unwatch(cid)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _own_oom_score_adj() -> int:
+    return int(Path("/proc/self/oom_score_adj").read_text())
+
+
+def _read_exit(cdir: Path) -> tuple[int, int, bool] | None:
+    """(exit code, finish time, OOM killed) from conmon's files, None while it has not exited."""
+    path = cdir / "exit"
+    try:
+        text = path.read_text().strip()
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    code = int(text) if text.lstrip("-").isdigit() else 255
+    return code, mtime, (cdir / "oom").exists()
+
+
+def _prepare_host_paths(spec: ContainerSpec, log_path: str) -> None:
+    """Create missing bind-mount sources (as directories, like containerd) and the log directory."""
+    for mount in spec.mounts:
+        if not os.path.lexists(mount.host_path):
+            os.makedirs(mount.host_path, exist_ok=True)
+    if log_path:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+
+
+def _is_conmon_of(pid: int, cid: str) -> bool:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(args) and os.path.basename(args[0]) == b"conmon" and cid.encode() in args
+
+
+def _load_records(root: Path) -> list[Container]:
+    records: list[Container] = []
+    if not root.is_dir():
+        return records
+    for path in sorted(root.glob(f"*/{RECORD}")):
+        try:
+            records.append(Container.from_json(read_json(path)))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable container record skipped", extra={"path": str(path),
+                                                                     "error": str(exc)})
+    return records
+
+
+def _remove_tree(tree: Path, *files: Path) -> None:
+    shutil.rmtree(tree, ignore_errors=True)
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,549 @@
+"""ImageManager: pulls, names, removes images and hands out container root filesystems.
+
+One process owns a store (a lock file enforces it). Within the process, one asyncio lock orders changes of
+the index against garbage collection; content being fetched or unpacked is pinned so a concurrent removal
+cannot collect it, and each blob or layer is fetched or unpacked once however many pulls want it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crishim.errors import CrishimError, FailedPrecondition, InvalidArgument, NotFound
+from crishim.image import reference
+from crishim.image.reference import Reference
+from crishim.image.registry import (
+    INDEX_TYPES,
+    EndpointError,
+    EndpointNotFound,
+    RegistryAuth,
+    RegistryClient,
+)
+from crishim.image.registry_config import load_host_config
+from crishim.image.rootfs import Rootfs
+from crishim.image.store import INDEX_VERSION, Store, sha256_digest, write_atomic
+from crishim.image.unpack import DiskUsage, disk_usage, unpack_layer
+
+log = logging.getLogger(__name__)
+
+_PARALLEL_LAYERS = 3
+_SHORT_ID_MIN = 12
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+         "s390x": "s390x", "riscv64": "riscv64"}
+
+
+class ContentMismatch(EndpointError):
+    """A registry served bytes that do not match the digest that names them."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str  # of the blob as stored (usually compressed)
+    diff_id: str  # of the uncompressed tar, from the image config
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+
+
+@dataclass
+class ImageRecord:
+    id: str  # the config's digest
+    repo_tags: list[str]
+    repo_digests: list[str]
+    size: int
+    spec: dict[str, Any]  # the whole OCI image config JSON (architecture, os, config, rootfs, …)
+    manifest_digest: str
+    layers: list[Layer]
+    blobs: dict[str, int] = field(default_factory=dict)  # every blob kept for this image → size
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The execution parameters: Entrypoint, Cmd, Env, WorkingDir, User, StopSignal, …"""
+        value = self.spec.get("config") or {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def user(self) -> str:
+        return str(self.config.get("User") or "")
+
+    @property
+    def uid(self) -> int | None:
+        """The numeric user the image runs as, when `User` names one by number."""
+        name = self.user.split(":", 1)[0]
+        return int(name) if name.isdigit() else None
+
+    @property
+    def username(self) -> str:
+        """The user name the image runs as, when `User` names one by name."""
+        name = self.user.split(":", 1)[0]
+        return "" if name.isdigit() else name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "repo_tags": self.repo_tags, "repo_digests": self.repo_digests,
+                "size": self.size, "manifest_digest": self.manifest_digest,
+                "layers": [vars(layer) for layer in self.layers], "blobs": self.blobs}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], spec: dict[str, Any]) -> ImageRecord:
+        return cls(id=data["id"], repo_tags=list(data["repo_tags"]),
+                   repo_digests=list(data["repo_digests"]), size=data["size"], spec=spec,
+                   manifest_digest=data["manifest_digest"],
+                   layers=[Layer(**layer) for layer in data["layers"]], blobs=dict(data["blobs"]))
+
+
+@dataclass(frozen=True)
+class ImageContent:
+    """What a pull or an import found, ready to be committed under names."""
+
+    top_digest: str  # what the name resolved to (an index or a manifest); "" when unknown
+    manifest_digest: str
+    spec_bytes: bytes
+    layers: list[Layer]
+    blobs: dict[str, int]
+
+
+def host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    return "linux", _ARCH.get(machine, machine)
+
+
+def _descriptor(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("digest"), str) \
+            or not isinstance(data.get("size"), int) or not reference.is_digest(data["digest"]):
+        raise InvalidArgument(f"{what}: malformed descriptor {data!r}")
+    return data
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} is not a JSON object")
+    return value
+
+
+def choose_platform(index: dict[str, Any], what: str) -> dict[str, Any]:
+    """The index entry for this host's OS and architecture."""
+    os_name, arch = host_platform()
+    entries = [_descriptor(m, what) for m in index.get("manifests") or []]
+    seen = []
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        seen.append(f"{plat.get('os', '?')}/{plat.get('architecture', '?')}")
+        if plat.get("os") == os_name and plat.get("architecture") == arch:
+            return entry
+    raise NotFound(f"{what} has no image for {os_name}/{arch} (it has {', '.join(seen) or 'none'})")
+
+
+def parse_manifest(body: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The config descriptor and layer descriptors of a Docker schema 2 or OCI manifest."""
+    manifest = _json(body, what)
+    if manifest.get("schemaVersion") != 2:
+        raise InvalidArgument(f"{what}: only schema version 2 manifests are supported "
+                              "(Docker schema 1 images must be re-pushed)")
+    config = _descriptor(manifest.get("config"), f"{what} config")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise InvalidArgument(f"{what}: no layers list")
+    return config, [_descriptor(layer, f"{what} layer") for layer in layers]
+
+
+def layers_from(spec: dict[str, Any], descriptors: list[dict[str, Any]], what: str) -> list[Layer]:
+    rootfs = spec.get("rootfs") or {}
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(descriptors) \
+            or not all(isinstance(d, str) and reference.is_digest(d) for d in diff_ids):
+        raise InvalidArgument(f"{what}: the config's rootfs.diff_ids do not match the "
+                              f"{len(descriptors)} layers of the manifest")
+    return [Layer(digest=d["digest"], diff_id=diff_id, size=d["size"],
+                  media_type=str(d.get("mediaType", ""))) for d, diff_id in zip(descriptors, diff_ids,
+                                                                                strict=True)]
+
+
+class ImageManager:
+    def __init__(self, root: Path, registry_config_dir: str | Path | None = None) -> None:
+        self.store = Store(root)
+        self.registry_config_dir = Path(registry_config_dir) if registry_config_dir else None
+        self._images: dict[str, ImageRecord] = {}
+        self._layer_usage: dict[str, DiskUsage] = {}
+        self._rootfs: dict[str, tuple[Rootfs, list[str]]] = {}
+        self._lock = asyncio.Lock()
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._in_use: Callable[[str], bool] = lambda _image_id: False
+        self._lock_fd: int | None = None
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the store, load the index and drop what an interrupted run left half done."""
+        await asyncio.to_thread(self._open)
+        await self._collect()
+
+    def _open(self) -> None:
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.store.root / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise FailedPrecondition(f"another process uses the image store {self.store.root}") \
+                from exc
+        self._lock_fd = fd
+        self.store.setup()
+        index = self.store.load_index()
+        for entry in index["images"]:
+            try:
+                spec = _json(self.store.read_blob(entry["id"]), f"config {entry['id']}")
+            except (OSError, InvalidArgument) as exc:
+                log.warning("dropping image %s from the index: %s", entry["id"], exc)
+                continue
+            record = ImageRecord.from_json(entry, spec)
+            self._images[record.id] = record
+        self._layer_usage = {k: DiskUsage(**v) for k, v in index["layers"].items()}
+        for path in self.store.rootfs.glob("*.json"):
+            data = json.loads(path.read_bytes())
+            self._rootfs[path.stem] = (self._make_rootfs(data["layers"], Path(data["dir"])),
+                                       data["layers"])
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def set_in_use_checker(self, fn: Callable[[str], bool]) -> None:
+        """`fn(image_id)` says whether a container uses the image; such an image cannot be removed."""
+        self._in_use = fn
+
+    # --- lookups ----------------------------------------------------------------------------------
+
+    def get(self, ref_or_id: str) -> ImageRecord | None:
+        """By id (full or a unique prefix of 12+ hex digits), by any tag or digest, or short name."""
+        image_id = reference.as_image_id(ref_or_id)
+        if image_id is not None:
+            return self._images.get(image_id)
+        try:
+            ref = reference.parse(ref_or_id)
+        except InvalidArgument:
+            ref = None
+        if ref is not None:
+            for record in self._images.values():
+                if (ref.digest and ref.digested in record.repo_digests) or \
+                        (not ref.digest and ref.tagged in record.repo_tags):
+                    return record
+        prefix = ref_or_id.removeprefix("sha256:")
+        if len(prefix) >= _SHORT_ID_MIN and all(c in "0123456789abcdef" for c in prefix):
+            found = [r for r in self._images.values() if r.id[7:].startswith(prefix)]
+            if len(found) == 1:
+                return found[0]
+        return None
+
+    def list(self, filter_ref: str = "") -> list[ImageRecord]:
+        if filter_ref:
+            record = self.get(filter_ref)
+            return [record] if record else []
+        return sorted(self._images.values(), key=lambda r: (r.repo_tags[:1], r.id))
+
+    def fs_usage(self) -> FsUsage:
+        blobs: dict[str, int] = {}
+        layers: set[str] = set()
+        for record in self._images.values():
+            blobs.update(record.blobs)
+            layers.update(layer.diff_id for layer in record.layers)
+        usage = [self._layer_usage[d] for d in layers if d in self._layer_usage]
+        return FsUsage(mountpoint=str(self.store.root),
+                       used_bytes=sum(blobs.values()) + sum(u.bytes for u in usage),
+                       inodes_used=len(blobs) + sum(u.inodes for u in usage))
+
+    # --- pulling ----------------------------------------------------------------------------------
+
+    async def pull(self, ref: str, auth: RegistryAuth | None = None) -> ImageRecord:
+        """Fetch `ref` from its registry (mirrors first) and store it under that name."""
+        parsed = reference.parse(ref)
+        host = await asyncio.to_thread(load_host_config, self.registry_config_dir, parsed.domain)
+        failures: list[CrishimError] = []
+        for endpoint in host.endpoints():
+            client = RegistryClient(endpoint, parsed.path, auth)
+            try:
+                content = await self._fetch(client, parsed)
+            except (EndpointError, EndpointNotFound) as exc:
+                log.info("pull of %s from %s failed: %s", parsed, endpoint.url, exc)
+                failures.append(exc)
+                continue
+            except BaseException:
+                await asyncio.shield(self._collect())  # what the failed pull stored is garbage
+                raise
+            finally:
+                await client.aclose()
+            return await self._commit(content, parsed)
+        await self._collect()
+        last = failures[-1]
+        detail = "; ".join(str(f) for f in failures)
+        if isinstance(last, EndpointNotFound):
+            raise NotFound(f"image {parsed} not found: {detail}") from last
+        raise type(last)(f"pulling {parsed}: {detail}") from last
+
+    async def _fetch(self, client: RegistryClient, ref: Reference) -> ImageContent:
+        body, media_type = await client.manifest(ref.object)
+        top_digest = sha256_digest(body)
+        if ref.digest and top_digest != ref.digest:
+            raise ContentMismatch(f"{client.endpoint.url} served manifest {top_digest} for {ref}")
+        blobs = {top_digest: len(body)}
+        manifests = {top_digest: body}
+        what = f"manifest of {ref}"
+        for _ in range(3):
+            probe = _json(body, what)
+            if media_type not in INDEX_TYPES and "manifests" not in probe:
+                break
+            chosen = choose_platform(probe, f"image index of {ref}")
+            body, media_type = await client.manifest(chosen["digest"])
+            digest = sha256_digest(body)
+            if digest != chosen["digest"] or len(body) != chosen["size"]:
+                raise ContentMismatch(f"{client.endpoint.url} served manifest {digest} for "
+                                      f"{chosen['digest']}")
+            blobs[digest] = len(body)
+            manifests[digest] = body
+        else:
+            raise InvalidArgument(f"{what}: image indexes nest too deeply")
+        manifest_digest = sha256_digest(body)
+        config_desc, layer_descs = parse_manifest(body, what)
+        pins = [config_desc["digest"], *blobs, *(d["digest"] for d in layer_descs)]
+        async with self._pinned(pins):
+            await self._ensure_blob(client, config_desc)
+            spec_bytes = await asyncio.to_thread(self.store.read_blob, config_desc["digest"])
+            layers = layers_from(_json(spec_bytes, f"config of {ref}"), layer_descs, what)
+            async with self._pinned([layer.diff_id for layer in layers]):
+                limit = asyncio.Semaphore(_PARALLEL_LAYERS)
+
+                async def one(layer: Layer) -> None:
+                    async with limit:
+                        await self._ensure_blob(client, {"digest": layer.digest, "size": layer.size})
+                        await self._ensure_layer(layer)
+
+                await asyncio.gather(*(one(layer) for layer in layers))
+                for digest, data in manifests.items():
+                    await asyncio.to_thread(self.store.put_blob, digest, data)
+                blobs[config_desc["digest"]] = config_desc["size"]
+                blobs.update((layer.digest, layer.size) for layer in layers)
+                return ImageContent(top_digest=top_digest, manifest_digest=manifest_digest,
+                                    spec_bytes=spec_bytes,
+                                    layers=layers, blobs=blobs)
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, digests: Iterable[str]) -> AsyncIterator[None]:
+        """Keep `digests` (blobs or layers) from garbage collection while a pull needs them."""
+        keys = [d.removeprefix("sha256:") for d in digests]
+        async with self._lock:
+            self._pins.update(keys)
+        try:
+            yield
+        finally:
+            self._pins.subtract(keys)
+            self._pins += collections.Counter()  # drop zero counts
+
+    async def _once(self, key: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run `factory` once for concurrent callers asking for the same `key`."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            self._inflight[key] = task
+
+            def done(t: asyncio.Future[None]) -> None:
+                self._inflight.pop(key, None)
+                if not t.cancelled():
+                    t.exception()  # retrieved here so an abandoned failure is not logged as lost
+
+            task.add_done_callback(done)
+        await asyncio.shield(task)
+
+    async def _ensure_blob(self, client: RegistryClient, desc: dict[str, Any]) -> None:
+        digest = desc["digest"]
+        if await asyncio.to_thread(self.store.has_blob, digest):
+            return
+        await self._once(f"blob:{digest}", lambda: self._download(client, digest, desc["size"]))
+
+    async def _download(self, client: RegistryClient, digest: str, size: int) -> None:
+        if await asyncio.to_thread(self.store.has_blob, digest):
+            return
+        tmp = self.store.ingest_path(digest)
+        out = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            hasher = hashlib.sha256()
+            written = 0
+            async with client.blob(digest) as chunks:
+                async for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise ContentMismatch(f"{client.endpoint.url} served more than the "
+                                              f"{size} bytes of blob {digest}")
+                    hasher.update(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            actual = f"sha256:{hasher.hexdigest()}"
+            if actual != digest or written != size:
+                raise ContentMismatch(f"{client.endpoint.url} served {written} bytes with digest "
+                                      f"{actual} for blob {digest} ({size} bytes): not stored")
+            await asyncio.to_thread(_flush_close, out)
+            await asyncio.to_thread(self.store.commit_ingest, tmp, digest)
+        finally:
+            await asyncio.to_thread(out.close)
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+    async def _ensure_layer(self, layer: Layer) -> None:
+        if await asyncio.to_thread(self.store.layer_path(layer.diff_id).exists) \
+                and layer.diff_id in self._layer_usage:
+            return
+        await self._once(f"layer:{layer.diff_id}", lambda: self._unpack(layer))
+
+    async def _unpack(self, layer: Layer) -> None:
+        final = self.store.layer_path(layer.diff_id)
+        if await asyncio.to_thread(final.exists):
+            self._layer_usage[layer.diff_id] = await asyncio.to_thread(disk_usage, final)
+            return
+        tmp = self.store.layer_tmp(layer.diff_id)
+        try:
+            usage = await asyncio.to_thread(unpack_layer, self.store.blob_path(layer.digest), tmp,
+                                            layer.diff_id)
+            await asyncio.to_thread(self.store.commit_layer, tmp, layer.diff_id)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+        self._layer_usage[layer.diff_id] = usage
+
+    async def _commit(self, content: ImageContent, ref: Reference | None,
+                      extra_names: Iterable[Reference] = ()) -> ImageRecord:
+        """Name the image in the index: from now on it exists."""
+        image_id = sha256_digest(content.spec_bytes)
+        spec = _json(content.spec_bytes, f"config {image_id}")
+        async with self._lock:
+            record = self._images.get(image_id)
+            if record is None:
+                size = sum(layer.size for layer in content.layers) + len(content.spec_bytes)
+                record = ImageRecord(id=image_id, repo_tags=[], repo_digests=[], size=size,
+                                     spec=spec, manifest_digest=content.manifest_digest,
+                                     layers=content.layers)
+            record.blobs.update(content.blobs)
+            for name in [*([ref] if ref else []), *extra_names]:
+                self._name(record, name, content)
+            self._images[image_id] = record
+            await asyncio.to_thread(self.store.save_index, self._index_data())
+        return record
+
+    def _name(self, record: ImageRecord, ref: Reference, content: ImageContent) -> None:
+        if ref.tag:
+            for other in self._images.values():
+                if other is not record and ref.tagged in other.repo_tags:
+                    other.repo_tags.remove(ref.tagged)
+            if ref.tagged not in record.repo_tags:
+                record.repo_tags.append(ref.tagged)
+        top = ref.digest or content.top_digest
+        if top and f"{ref.name}@{top}" not in record.repo_digests:
+            record.repo_digests.append(f"{ref.name}@{top}")
+
+    def _index_data(self) -> dict[str, Any]:
+        return {"version": INDEX_VERSION, "images": [r.to_json() for r in self._images.values()],
+                "layers": {k: vars(v) for k, v in self._layer_usage.items()}}
+
+    # --- removal ----------------------------------------------------------------------------------
+
+    async def remove(self, ref: str) -> None:
+        """Remove the image `ref` names, with all its names; an unknown image is no error."""
+        async with self._lock:
+            record = self.get(ref)
+            if record is None:
+                return
+            if self._in_use(record.id):
+                raise FailedPrecondition(f"image {ref} ({record.id}) is in use by a container; "
+                                         "remove the container first")
+            del self._images[record.id]
+            await asyncio.to_thread(self.store.save_index, self._index_data())
+            await self._collect_locked()
+
+    async def _collect(self) -> None:
+        async with self._lock:
+            await self._collect_locked()
+
+    async def _collect_locked(self) -> None:
+        blobs = {d.removeprefix("sha256:") for r in self._images.values() for d in r.blobs}
+        layers = {layer.diff_id.removeprefix("sha256:")
+                  for r in self._images.values() for layer in r.layers}
+        for _rootfs, diff_ids in self._rootfs.values():
+            layers.update(d.removeprefix("sha256:") for d in diff_ids)
+        pinned = set(self._pins)
+        await asyncio.to_thread(self.store.collect, blobs | pinned, layers | pinned)
+        kept = {f"sha256:{hex_}" for hex_ in layers | pinned}
+        self._layer_usage = {k: v for k, v in self._layer_usage.items() if k in kept}
+
+    # --- container root filesystems ---------------------------------------------------------------
+
+    def _make_rootfs(self, diff_ids: Sequence[str], container_dir: Path) -> Rootfs:
+        lower = [self.store.layer_path(d) for d in reversed(diff_ids)] or [self.store.empty_layer]
+        return Rootfs(lower_dirs=lower, upper_dir=container_dir / "upper",
+                      work_dir=container_dir / "work", merged=container_dir / "rootfs")
+
+    async def prepare_rootfs(self, image_id: str, container_id: str, container_dir: Path) -> Rootfs:
+        """Directories for the container's overlay; its layers stay until `release_rootfs`."""
+        async with self._lock:
+            known = self._rootfs.get(container_id)
+            if known is not None:
+                return known[0]
+            record = self._images.get(image_id)
+            if record is None:
+                raise NotFound(f"image {image_id} not found")
+            diff_ids = [layer.diff_id for layer in record.layers]
+            rootfs = self._make_rootfs(diff_ids, container_dir)
+            data = json.dumps({"image": image_id, "layers": diff_ids, "dir": str(container_dir)})
+
+            def setup() -> None:
+                for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+                    path.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.store.rootfs / f"{container_id}.json", data.encode())
+
+            await asyncio.to_thread(setup)
+            self._rootfs[container_id] = (rootfs, diff_ids)
+            return rootfs
+
+    async def release_rootfs(self, container_id: str) -> None:
+        """Unmount and delete the container's writable layer; unknown ids are no error."""
+        async with self._lock:
+            known = self._rootfs.get(container_id)
+            if known is None:
+                return
+            rootfs = known[0]
+            await rootfs.unmount()
+
+            def cleanup() -> None:
+                for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+                    shutil.rmtree(path, ignore_errors=True)
+                (self.store.rootfs / f"{container_id}.json").unlink(missing_ok=True)
+
+            await asyncio.to_thread(cleanup)
+            del self._rootfs[container_id]
+
+
+def _flush_close(out: Any) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()
+

@@ -1,0 +1,212 @@
+"""Container tests on real runc, crun and conmon, without the sandbox and image managers.
+
+A pod is a `Sandbox` record pointing at namespaces made here (`ip netns add`, `unshare --ipc --uts`
+pinned on files); images are a busybox-static root filesystem under an overlay per container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crishim.container.manager import ContainerManager
+from crishim.container.model import ContainerSpec, SecurityContext
+from crishim.container.oci import make_runtimes
+from crishim.sandbox.model import Sandbox, SandboxSpec, SandboxState
+from tests.harness import run
+
+BUSYBOX = "/bin/busybox"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n" \
+         "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+GROUP = "root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n"
+
+
+@dataclass
+class Image:
+    id: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OverlayRootfs:
+    merged: Path
+
+
+class OverlayProvider:
+    """A container rootfs as the image manager makes it: an overlay over a read-only lower dir."""
+
+    def __init__(self, lower: Path) -> None:
+        self.lower = lower
+        self.mounted: dict[str, Path] = {}
+
+    async def prepare_rootfs(self, image_id: str, container_id: str,
+                             container_dir: Path) -> OverlayRootfs:
+        merged, upper, work = (container_dir / d for d in ("rootfs", "upper", "work"))
+        for d in (merged, upper, work):
+            d.mkdir()
+        await _run("mount", "-t", "overlay", "overlay", "-o",
+                   f"lowerdir={self.lower},upperdir={upper},workdir={work}", str(merged))
+        self.mounted[container_id] = merged
+        return OverlayRootfs(merged)
+
+    async def release_rootfs(self, container_id: str) -> None:
+        merged = self.mounted.pop(container_id, None)
+        if merged is not None:
+            await _run("umount", str(merged))
+
+
+async def _run(*cmd: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*cmd, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd}: {err.decode()}")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("busybox") / "rootfs"
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/app"):
+        (root / d).mkdir(parents=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text(PASSWD)
+    (root / "etc" / "group").write_text(GROUP)
+    return root
+
+
+@dataclass
+class Pod:
+    sandbox: Sandbox
+    netns: str
+
+    def sh(self, *cmd: str) -> str:
+        return run(["ip", "netns", "exec", self.netns, *cmd]).stdout
+
+
+@contextlib.contextmanager
+def make_pod(base: Path, handler: str = "") -> Iterator[Pod]:
+    token = secrets.token_hex(4)
+    netns = f"crishim-ct-{token}"
+    pod_dir = base / f"pod-{token}"
+    (pod_dir / "shm").mkdir(parents=True)
+    (pod_dir / "hostname").write_text("testpod\n")
+    (pod_dir / "hosts").write_text("127.0.0.1 localhost\n")
+    (pod_dir / "resolv.conf").write_text("nameserver 192.0.2.53\nsearch example.test\n")
+    ipc, uts = pod_dir / "ipc", pod_dir / "uts"
+    ipc.touch()
+    uts.touch()
+    cgroup_parent = f"/crishim-test-{token}"
+    run(["ip", "netns", "add", netns])
+    try:
+        run(["unshare", f"--ipc={ipc}", f"--uts={uts}", "hostname", "testpod"])
+        run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+        run(["ip", "-n", netns, "addr", "add", "10.77.0.5/24", "dev", "eth0"])
+        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", netns, "link", "set", "peer0", "up"])
+        spec = SandboxSpec(name="testpod", namespace="default", uid=token, hostname="testpod",
+                           log_directory=str(pod_dir / "logs"), runtime_handler=handler,
+                           cgroup_parent=cgroup_parent)
+        sandbox = Sandbox(id=secrets.token_hex(32), spec=spec, state=SandboxState.READY,
+                          created_at=0, dir=str(pod_dir), netns_path=f"/run/netns/{netns}",
+                          ipc_ns_path=str(ipc), uts_ns_path=str(uts))
+        yield Pod(sandbox, netns)
+    finally:
+        for pid in run(["ip", "netns", "pids", netns], check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        run(["umount", str(ipc)], check=False)
+        run(["umount", str(uts)], check=False)
+        run(["ip", "netns", "del", netns], check=False)
+        for hierarchy in CGROUP_ROOT.iterdir():
+            with contextlib.suppress(OSError):
+                (hierarchy / cgroup_parent.lstrip("/")).rmdir()
+
+
+@dataclass
+class Env:
+    state: Path
+    run_dir: Path
+    provider: OverlayProvider
+    managers: list[ContainerManager] = field(default_factory=list)
+
+    def manager(self) -> ContainerManager:
+        runtimes = make_runtimes(self.run_dir, "/usr/bin/runc", "/usr/bin/crun")
+        mgr = ContainerManager(self.state, self.run_dir, runtimes, "/usr/bin/conmon",
+                               self.provider)
+        self.managers.append(mgr)
+        return mgr
+
+
+@pytest.fixture
+async def env(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Env]:
+    # conmon's attach sockets live under the run dir: keep it short (sun_path is 108 bytes).
+    run_dir = Path(tempfile.mkdtemp(prefix="crishim-t", dir="/run"))
+    e = Env(tmp_path / "containers", run_dir, OverlayProvider(busybox_rootfs))
+    try:
+        yield e
+    finally:
+        if e.managers:
+            mgr = e.managers[-1]
+            for c in mgr.list_containers():
+                with contextlib.suppress(Exception):
+                    await mgr.remove(c.id)
+        for mgr in e.managers:
+            await mgr.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Iterator[Pod]:
+    with make_pod(tmp_path) as p:
+        yield p
+
+
+def spec(name: str, script: str, **kwargs: Any) -> ContainerSpec:
+    security = kwargs.pop("security", SecurityContext())
+    return ContainerSpec(name=name, command=["/bin/sh", "-c", script], log_path=f"{name}/0.log",
+                         security=security, **kwargs)
+
+
+IMAGE = Image("sha256:" + "ab" * 32, {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
+
+
+def cgroup_dirs(parent: str, container_id: str) -> list[Path]:
+    return [p for p in CGROUP_ROOT.glob(f"*/{parent.lstrip('/')}/{container_id}") if p.exists()]
+
+
+def mounts_under(path: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if line.split()[4].startswith(str(path))]
+
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+                     what: str = "condition") -> Any:
+    """Poll an async check with a deadline (no sleeps as synchronisation)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,91 @@
+"""A tiny HTTP proxy in front of the test registry, for faults a real registry cannot produce.
+
+It forwards GETs (one request per connection, `Connection: close`) and can flip a byte of every blob
+(`tamper`) or send half of a blob and then stall (`stall`); it counts the requests it saw per path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+_PASS_HEADERS = ("content-type", "docker-content-digest", "www-authenticate", "location")
+
+
+class RegistryProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.tamper = False
+        self.stall = False
+        self.stalled = asyncio.Event()
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._server: asyncio.Server | None = None
+        self._client = httpx.AsyncClient(timeout=30)
+        self._release = asyncio.Event()
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    def blob_requests(self) -> int:
+        return sum(n for path, n in self.requests.items() if "/blobs/" in path)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            headers = {}
+            for line in head.decode().split("\r\n")[1:]:
+                if ":" in line:
+                    key, value = line.split(":", 1)
+                    if key.lower() in ("accept", "authorization"):
+                        headers[key] = value.strip()
+            self.requests[path] += 1
+            response = await self._client.request(method, f"{self.upstream}{path}", headers=headers)
+            body = response.content
+            if "/blobs/" in path and response.status_code == 200 and self.tamper:
+                body = body[:-1] + bytes([body[-1] ^ 0xFF])
+            lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}",
+                     f"Content-Length: {len(body)}", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in response.headers.items() if k.lower() in _PASS_HEADERS]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            if "/blobs/" in path and response.status_code == 200 and self.stall:
+                writer.write(body[: len(body) // 2])
+                await writer.drain()
+                self.stalled.set()
+                await self._release.wait()
+            else:
+                writer.write(body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def start(self) -> RegistryProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self._client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def registry_proxy(upstream: str) -> AsyncIterator[RegistryProxy]:
+    proxy = await RegistryProxy(upstream).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()

@@ -1,0 +1,90 @@
+"""Failure injection: a failing, hanging or crashing chain leaves nothing behind, or owes a teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from crishim.api.runtime.v1 import api_pb2
+from tests.harness import CNI_BIN_DIR, CrishimServer, TestNode, poll
+from tests.sandbox.fakeplugins import FakePlugin
+from tests.sandbox.podutil import info, node_leftovers, pod_config, run_pod, status, stop_and_remove
+
+pytestmark = pytest.mark.root
+
+
+def chain_with_fake(name: str = "chain") -> dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [
+        {"type": "bridge", "bridge": "cbrf", "isGateway": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.70.0.0/24"}]]}},
+        {"type": "fake"},
+    ]}
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, server_factory: Callable[..., CrishimServer]
+           ) -> tuple[CrishimServer, FakePlugin]:
+    fake = FakePlugin(tmp_path / "fakebin")
+    server = server_factory(network=False, **{"cni.bin_dirs": [str(fake.dir), CNI_BIN_DIR]})
+    server.use_network(chain_with_fake())
+    return server, fake
+
+
+def test_add_failure_in_second_plugin_rolls_back(node: TestNode,
+                                                  faulty: tuple[CrishimServer, FakePlugin]) -> None:
+    server, fake = faulty
+    before = node_leftovers(node, server)
+    fake.flag("add-fails")
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(server, pod_config("doomed"))
+    details = err.value.details() or ""
+    assert 'plugin type="fake"' in details and "injected ADD failure" in details
+    assert node_leftovers(node, server) == before
+    assert [call.split()[0] for call in fake.calls()] == ["ADD", "DEL"]
+    assert server.runtime().ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+
+
+def test_del_failure_is_returned_then_retried(node: TestNode,
+                                              faulty: tuple[CrishimServer, FakePlugin]) -> None:
+    server, fake = faulty
+    before = node_leftovers(node, server)
+    sandbox_id = run_pod(server, pod_config("sticky"))
+    fake.flag("del-fails")
+    rt = server.runtime()
+    with pytest.raises(grpc.RpcError) as err:
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert "injected DEL failure" in (err.value.details() or "")
+    assert status(server, sandbox_id).status.state == api_pb2.SANDBOX_NOTREADY
+    assert info(server, sandbox_id)["teardownPending"] is True
+    with pytest.raises(grpc.RpcError):
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    fake.flag("del-fails", on=False)
+    stop_and_remove(server, sandbox_id)
+    assert node_leftovers(node, server) == before
+
+
+def test_crash_mid_run_is_cleaned_up_by_restart(node: TestNode,
+                                                 faulty: tuple[CrishimServer, FakePlugin]) -> None:
+    server, fake = faulty
+    before = node_leftovers(node, server)
+    fake.flag("add-hangs")
+    pending = server.runtime().RunPodSandbox.future(
+        api_pb2.RunPodSandboxRequest(config=pod_config("interrupted")))
+    poll(fake.pid_file.exists, what="the hanging plugin to start")
+    assert len(node_leftovers(node, server)["leases"]) == 1
+    server.kill9()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(fake.pid_file.read_text()), signal.SIGKILL)
+    with pytest.raises(grpc.RpcError):
+        pending.result()
+    fake.flag("add-hangs", on=False)
+    server.start()
+    assert server.runtime().ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    poll(lambda: node_leftovers(node, server) == before, what="the interrupted pod to be cleaned up")
