@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crishim.config import Config
+from crishim.image import ImageManager
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.manager import SandboxManager
 
@@ -26,9 +28,12 @@ class Runtime:
         self.handlers = {"runc", "crun"}
         self.network = NetworkManager(config.cni)
         self.sandboxes = SandboxManager(config, self.network, self.handlers)
+        self.images = ImageManager(root=Path(config.state_dir) / "images",
+                                   registry_config_dir=config.images.registry_config_dir)
 
     async def start(self) -> None:
         """Recover state left by an earlier process before the socket accepts calls."""
+        await self.images.start()
         await self.network.start()
         await self.sandboxes.recover()
 
@@ -36,10 +41,11 @@ class Runtime:
         """Stop background work; pods and containers keep running."""
         await self.sandboxes.close()
         await self.network.close()
+        await self.images.close()
 
     async def network_status(self) -> NetworkStatus:
         ready, message, info = await self.network.status()
         return NetworkStatus(ready=ready, message=message, info=info)
 
     async def update_pod_cidr(self, pod_cidr: str) -> None:
-        log.info("pod CIDR update", extra={"pod_cidr": pod_cidr})
+        await self.network.set_pod_cidr(pod_cidr)

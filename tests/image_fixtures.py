@@ -189,6 +189,8 @@ class Image:
 class TestImages:
     """Everything pushed to the session registry, by purpose."""
 
+    __test__ = False  # a fixture value, not a test class
+
     registry: Registry
     layout: Path  # OCI layout holding busybox:1 (for imports)
     busybox: Image

@@ -159,29 +159,29 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
         if "timed out" in message:
             raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after}s exceeded")
         raise OCIRuntimeError(f"exec in {container_id}: {message or 'failed'}")
-    text = await asyncio.to_thread(_read_log, log_path, output_limit * 4)
-    stdout, stderr = parse_cri_log(text)
-    return ExecResult(int(finished["data"]), stdout[:output_limit], stderr[:output_limit])
+    stdout, stderr = await asyncio.to_thread(read_cri_log, log_path, output_limit)
+    return ExecResult(int(finished["data"]), stdout, stderr)
 
 
-def _read_log(path: str, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except FileNotFoundError:
-        return b""
-
-
-def parse_cri_log(data: bytes) -> tuple[bytes, bytes]:
-    """Split a CRI log (`<time> <stream> <F|P> <text>`) back into the two streams' bytes."""
+def read_cri_log(path: str, limit: int) -> tuple[bytes, bytes]:
+    """Blocking: split a CRI log (`<time> <stream> <F|P> <text>`) back into the two streams' bytes,
+    keeping at most `limit` bytes of each; reads line by line so a huge log costs no memory."""
     streams: dict[bytes, bytearray] = {b"stdout": bytearray(), b"stderr": bytearray()}
-    for line in data.split(b"\n"):
-        parts = line.split(b" ", 3)
-        if len(parts) < 3 or parts[1] not in streams:
-            continue
-        text = parts[3] if len(parts) == 4 else b""
-        streams[parts[1]] += text + (b"\n" if parts[2] == b"F" else b"")
-    return bytes(streams[b"stdout"]), bytes(streams[b"stderr"])
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the loop
+    except FileNotFoundError:
+        return b"", b""
+    with f:
+        for line in f:
+            parts = line.rstrip(b"\n").split(b" ", 3)
+            if len(parts) < 3 or parts[1] not in streams:
+                continue
+            out = streams[parts[1]]
+            if len(out) < limit:
+                out += (parts[3] if len(parts) == 4 else b"") + (b"\n" if parts[2] == b"F" else b"")
+            if all(len(s) >= limit for s in streams.values()):
+                break
+    return bytes(streams[b"stdout"][:limit]), bytes(streams[b"stderr"][:limit])
 
 
 async def reopen_log(bundle: str) -> None:

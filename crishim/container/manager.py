@@ -232,13 +232,14 @@ class ContainerManager:
         async with self._lock(c.id):
             if c.state != ContainerState.CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state}, not CREATED")
+            started_at = time.time_ns()
             try:
                 await self.runtimes[c.runtime_handler].start(c.id)
             except OCIRuntimeError:
                 await self._refresh_locked(c)
                 raise
             c.state = ContainerState.RUNNING
-            c.started_at = time.time_ns()
+            c.started_at = started_at
             await self._save(c)
 
     # ---- stop / remove -------------------------------------------------------------------------
@@ -387,6 +388,8 @@ class ContainerManager:
             c.message = "the container monitor (conmon) disappeared without recording an exit code"
         else:
             c.exit_code, c.finished_at, oom = result
+            # The file's coarse timestamp may precede our clock reading at start.
+            c.finished_at = max(c.finished_at, c.started_at)
         c.state = ContainerState.EXITED
         c.reason = "OOMKilled" if oom else ("Completed" if c.exit_code == 0 else "Error")
         c.pid = 0

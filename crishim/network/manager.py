@@ -13,10 +13,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cni
 from crishim.config import CNISection
+from crishim.network import template
 from crishim.network.podnet import POD_IFNAME, Attachment
 from crishim.network.rwlock import RWLock
 from crishim.network.watch import DirWatcher
@@ -168,6 +170,17 @@ class NetworkManager:
         with recording(timeline):
             async with self._gc_lock.read():
                 await self.cni.del_network_list(net, rt, timeout=TEARDOWN_TIMEOUT)
+
+    async def set_pod_cidr(self, pod_cidrs: str) -> None:
+        """Render the configured template for kubelet's pod CIDR, unless a network already works."""
+        if not pod_cidrs or not self.cfg.conf_template or (self.network and not self.state.error):
+            return
+        template_text = await asyncio.to_thread(Path(self.cfg.conf_template).read_text)
+        text = template.render(template_text, pod_cidrs)
+        path = await asyncio.to_thread(template.write_rendered, self.cfg.conf_dir, text)
+        log.info("rendered the CNI template for the pod CIDR", extra={"pod_cidr": pod_cidrs,
+                                                                       "path": str(path)})
+        await self.reload()
 
     async def garbage_collect(self, valid_sandbox_ids: Callable[[], list[str]]) -> None:
         """Release attachments no known sandbox owns (a crash between ADD and the record).

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import cni
 from crishim.errors import InvalidArgument
 from crishim.sandbox.model import SandboxSpec
 
@@ -47,13 +48,7 @@ def parse_bandwidth(annotation: str, value: str) -> int:
 
 
 def cni_args(spec: SandboxSpec, sandbox_id: str) -> tuple[tuple[str, str], ...]:
-    return (
-        ("IgnoreUnknown", "1"),
-        ("K8S_POD_NAMESPACE", spec.namespace),
-        ("K8S_POD_NAME", spec.name),
-        ("K8S_POD_INFRA_CONTAINER_ID", sandbox_id),
-        ("K8S_POD_UID", spec.uid),
-    )
+    return cni.kubernetes_args(spec.namespace, spec.name, sandbox_id, spec.uid)
 
 
 def capability_args(spec: SandboxSpec) -> dict[str, Any]:

@@ -106,6 +106,7 @@ def make_pod(base: Path, handler: str = "") -> Iterator[Pod]:
     netns = f"crishim-ct-{token}"
     pod_dir = base / f"pod-{token}"
     (pod_dir / "shm").mkdir(parents=True)
+    (pod_dir / "shm").chmod(0o1777)  # as a pod's /dev/shm tmpfs (mode=1777)
     (pod_dir / "hostname").write_text("testpod\n")
     (pod_dir / "hosts").write_text("127.0.0.1 localhost\n")
     (pod_dir / "resolv.conf").write_text("nameserver 192.0.2.53\nsearch example.test\n")

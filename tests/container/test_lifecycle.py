@@ -1,27 +1,328 @@
-"""Container lifecycle on real runc/crun and conmon."""
+"""Container lifecycle on real runc/crun and conmon, in namespaces made by the test."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from crishim.container.model import ContainerState
-from tests.container.conftest import IMAGE, Env, Pod, spec, wait_until
+from crishim.container.conmon import read_cri_log
+from crishim.container.manager import ContainerManager, ListFilter
+from crishim.container.model import (
+    ContainerState,
+    Mount,
+    Resources,
+    SeccompKind,
+    SecurityContext,
+)
+from crishim.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument
+from tests.container.conftest import (
+    IMAGE,
+    Env,
+    Image,
+    Pod,
+    cgroup_dirs,
+    make_pod,
+    mounts_under,
+    spec,
+    wait_until,
+)
+from tests.harness import run
 
 pytestmark = pytest.mark.root
 
+FOREVER = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
 
-async def exited(env: Env, cid: str) -> bool:
+
+@pytest.fixture(params=["runc", "crun"])
+def any_pod(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pod]:
+    with make_pod(tmp_path, request.param) as p:
+        yield p
+
+
+async def started(env: Env, pod: Pod, name: str, script: str, **kwargs: object) -> str:
     mgr = env.managers[-1]
-    return (await mgr.status(cid)).state == ContainerState.EXITED
+    c = await mgr.create(pod.sandbox, spec(name, script, **kwargs), IMAGE)  # type: ignore[arg-type]
+    await mgr.start(c.id)
+    return c.id
 
 
-async def test_exit_code_zero_and_logs(env: Env, pod: Pod) -> None:
+async def finished(mgr: ContainerManager, cid: str) -> None:
+    async def done() -> bool:
+        return (await mgr.status(cid)).state == ContainerState.EXITED
+
+    await wait_until(done, what=f"container {cid[:12]} to exit")
+
+
+def log_lines(path: str) -> list[tuple[str, str, str]]:
+    lines = Path(path).read_text().splitlines()
+    return [(stream, tag, text) for _, stream, tag, text in (line.split(" ", 3) for line in lines)]
+
+
+async def test_exit_codes_and_cri_log(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
-    c = await mgr.create(pod.sandbox, spec("hello", "echo out; echo err >&2; printf partial"), IMAGE)
-    assert c.state == ContainerState.CREATED
+    ok = await started(env, any_pod, "ok", "echo out; echo err >&2; printf partial")
+    bad = await started(env, any_pod, "bad", "exit 3")
+    await finished(mgr, ok)
+    await finished(mgr, bad)
+    st = await mgr.status(ok)
+    assert (st.state, st.exit_code, st.reason) == (ContainerState.EXITED, 0, "Completed")
+    assert st.created_at <= st.started_at <= st.finished_at
+    lines = log_lines(st.log_path)
+    assert ("stdout", "F", "out") in lines
+    assert ("stderr", "F", "err") in lines
+    assert ("stdout", "P", "partial") in lines
+    st = await mgr.status(bad)
+    assert (st.exit_code, st.reason) == (3, "Error")
+
+
+async def test_stop_grace_then_kill(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    polite = await started(env, any_pod, "polite", FOREVER)
+    stubborn = await started(env, any_pod, "stubborn", "trap '' TERM; while :; do sleep 0.05; done")
+    await mgr.stop(polite, 10)
+    assert (await mgr.status(polite)).exit_code == 0
+    await mgr.stop(stubborn, 0.5)
+    st = await mgr.status(stubborn)
+    assert (st.state, st.exit_code, st.reason) == (ContainerState.EXITED, 137, "Error")
+    await mgr.stop(stubborn, 1)  # idempotent
+    await mgr.stop("0" * 64, 1)  # unknown: nothing to stop
+
+
+async def test_exec_sync(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, any_pod, "exec", FOREVER, envs=[("FOO", "bar")])
+    result = await mgr.exec_sync(cid, ["sh", "-c", "echo out-$FOO; echo err >&2; exit 5"], 10)
+    assert (result.exit_code, result.stdout, result.stderr) == (5, b"out-bar\n", b"err\n")
+    with pytest.raises(DeadlineExceeded):
+        await mgr.exec_sync(cid, ["sh", "-c", "touch /tmp/sleeper; exec sleep 1000"], 1)
+    procs = await mgr.exec_sync(cid, ["ps", "-o", "args"], 10)
+    assert b"sleep 1000" not in procs.stdout
+    assert (await mgr.exec_sync(cid, ["ls", "/tmp/sleeper"], 10)).exit_code == 0
+    await mgr.stop(cid, 0)
+    with pytest.raises(FailedPrecondition):
+        await mgr.exec_sync(cid, ["true"], 10)
+
+
+async def test_exec_output_cap(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    mgr.exec_output_limit = 1000
+    await mgr.recover()
+    cid = await started(env, pod, "cap", FOREVER)
+    result = await mgr.exec_sync(cid, ["sh", "-c", "yes | head -c 100000"], 10)
+    assert result.stdout == b"y\n" * 500
+
+
+async def test_oom_killed(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    limit = 16 * 1024 * 1024
+    cid = await started(env, any_pod, "oom", "tail /dev/zero",
+                        resources=Resources(memory_limit_in_bytes=limit,
+                                            memory_swap_limit_in_bytes=limit))
+    await finished(mgr, cid)
+    st = await mgr.status(cid)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+
+async def test_security_context(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    sec = SecurityContext(readonly_rootfs=True, drop_capabilities=["NET_RAW"], run_as_user=1000,
+                          supplemental_groups=[3000], seccomp=SeccompKind.RUNTIME_DEFAULT,
+                          no_new_privs=True)
+    cid = await started(env, pod, "sec", FOREVER, security=sec)
+
+    async def sh(script: str) -> tuple[int, str]:
+        r = await mgr.exec_sync(cid, ["sh", "-c", script], 10)
+        return r.exit_code, (r.stdout + r.stderr).decode()
+
+    assert await sh("id -u; id -g; id -G") == (0, "1000\n1000\n1000 2000 3000\n")
+    code, out = await sh("touch /newfile")
+    assert code != 0 and "Read-only file system" in out
+    code, out = await sh("grep CapBnd /proc/self/status")
+    bounding = int(out.split()[1], 16)
+    assert not bounding & (1 << 13)  # CAP_NET_RAW
+    assert bounding & (1 << 0)  # CAP_CHOWN stays
+    code, out = await sh("grep -E 'Seccomp:|NoNewPrivs:' /proc/self/status")
+    assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out
+    code, out = await sh("unshare -n true")
+    assert code != 0
+    assert (await sh("cat /proc/kcore"))[0] != 0  # masked
+    assert (await sh("echo 1 > /dev/shm/x && cat /dev/shm/x")) == (0, "1\n")  # pod shm is writable
+
+
+async def test_run_as_username_and_image_user(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    c = await mgr.create(pod.sandbox, spec("named", "id -u; id -g", security=SecurityContext(
+        run_as_username="app", run_as_group=65534)), IMAGE)
     await mgr.start(c.id)
-    await wait_until(lambda: exited(env, c.id), what="exit")
-    st = await mgr.status(c.id)
-    assert (st.exit_code, st.reason) == (0, "Completed")
-    print(open(st.log_path).read())
+    image = Image(IMAGE.id, {**IMAGE.config, "User": "nobody"})
+    d = await mgr.create(pod.sandbox, spec("imguser", "id -u"), image)
+    await mgr.start(d.id)
+    await finished(mgr, c.id)
+    await finished(mgr, d.id)
+    assert [t for _, _, t in log_lines(c.log_path)] == ["1000", "65534"]
+    assert [t for _, _, t in log_lines(d.log_path)] == ["65534"]
+    with pytest.raises(InvalidArgument):
+        await mgr.create(pod.sandbox, spec("g", "true", security=SecurityContext(run_as_group=5)),
+                         IMAGE)
+    with pytest.raises(InvalidArgument):
+        await mgr.create(pod.sandbox, spec("u", "true", security=SecurityContext(
+            run_as_username="ghost")), IMAGE)
+
+
+async def test_pod_namespaces_and_files(env: Env, any_pod: Pod, tmp_path: Path) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("from-host")
+    cid = await started(env, any_pod, "ns", FOREVER,
+                        mounts=[Mount("/data", str(data), readonly=True)])
+
+    async def out(*cmd: str) -> str:
+        r = await mgr.exec_sync(cid, list(cmd), 10)
+        assert r.exit_code == 0, r
+        return r.stdout.decode()
+
+    assert "10.77.0.5/24" in await out("ip", "addr", "show", "eth0")
+    assert (await out("hostname")).strip() == "testpod"
+    assert "nameserver 192.0.2.53" in await out("cat", "/etc/resolv.conf")
+    assert await out("cat", "/data/f") == "from-host"
+    r = await mgr.exec_sync(cid, ["sh", "-c", "echo x > /data/g"], 10)
+    assert r.exit_code != 0
+    # The container's pid 1 is its own command, in its own PID namespace.
+    assert "trap" in await out("cat", "/proc/1/cmdline")
+
+
+async def test_two_containers_share_loopback(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    server = await started(env, pod, "server", "mkdir /www; echo hello-from-server > /www/index.html;"
+                           " exec httpd -f -p 8080 -h /www")
+    client = await started(env, pod, "client", FOREVER)
+
+    async def answered() -> bool:
+        r = await mgr.exec_sync(client, ["wget", "-qO-", "http://127.0.0.1:8080/"], 5)
+        return r.stdout == b"hello-from-server\n"
+
+    await wait_until(answered, what="server container to answer on 127.0.0.1:8080")
+    await mgr.stop(server, 0)
+
+
+async def test_restart_recovery(env: Env, any_pod: Pod) -> None:
+    first = env.manager()
+    await first.recover()
+    keeps = await started(env, any_pod, "keeps", FOREVER)
+    ends = await started(env, any_pod, "ends", "read line < /dev/shm/go 2>/dev/null; "
+                         "while [ ! -e /dev/shm/go ]; do sleep 0.05; done; exit 7")
+    await first.close()
+    Path(any_pod.sandbox.shm_path, "go").write_text("")
+    # The container exits while no crishim watches; its conmon records the code.
+    await wait_until(_exists(Path(first.exit_dir, ends)), what="exit file")
+    second = env.manager()
+    await second.recover()
+    assert (await second.status(keeps)).state == ContainerState.RUNNING
+    st = await second.status(ends)
+    assert (st.state, st.exit_code) == (ContainerState.EXITED, 7)
+    await second.stop(keeps, 5)
+    assert (await second.status(keeps)).exit_code == 0
+    assert {c.spec.name for c in second.list_containers()} == {"keeps", "ends"}
+
+
+def _exists(path: Path):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return path.exists()
+
+    return check
+
+
+async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    running = await started(env, any_pod, "running", FOREVER)
+    created = (await mgr.create(any_pod.sandbox, spec("created", FOREVER), IMAGE)).id
+    exited = await started(env, any_pod, "exited", "true")
+    await finished(mgr, exited)
+    await mgr.exec_sync(running, ["true"], 5)
+    assert cgroup_dirs(any_pod.sandbox.spec.cgroup_parent, running)
+    await mgr.stop_all(any_pod.sandbox.id)
+    assert all(c.state == ContainerState.EXITED
+               for c in mgr.containers_of(any_pod.sandbox.id)), mgr.containers_of(any_pod.sandbox.id)
+    await mgr.remove_all(any_pod.sandbox.id)
+    await mgr.remove(running)  # unknown now: fine
+    assert mgr.containers_of(any_pod.sandbox.id) == []
+    assert run(["ip", "netns", "pids", any_pod.netns]).stdout.split() == []
+    assert mounts_under(env.state) == []
+    for cid in (running, created, exited):
+        assert cgroup_dirs(any_pod.sandbox.spec.cgroup_parent, cid) == []
+    assert os.listdir(env.state) == []
+    for sub in ("exits", "sock", "exec", "runc", "crun"):
+        assert os.listdir(env.run_dir / sub) == [], sub
+
+
+async def test_names_filters_update_and_reopen(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, pod, "main", "while :; do echo tick; sleep 0.05; done",
+                        labels={"app": "x"})
+    with pytest.raises(AlreadyExists):
+        await mgr.create(pod.sandbox, spec("main", "true"), IMAGE)
+    assert [c.id for c in mgr.list_containers(ListFilter(id_prefix=cid[:8]))] == [cid]
+    assert mgr.list_containers(ListFilter(labels={"app": "y"})) == []
+    assert mgr.list_containers(ListFilter(state=ContainerState.EXITED)) == []
+    assert [c.id for c in mgr.list_containers(ListFilter(sandbox_id=pod.sandbox.id))] == [cid]
+
+    limit = 64 * 1024 * 1024
+    await mgr.update_resources(cid, Resources(memory_limit_in_bytes=limit, cpu_shares=256))
+    [memory] = cgroup_dirs_for(pod, cid, "memory")
+    assert int((memory / "memory.limit_in_bytes").read_text()) == limit
+    assert (await mgr.status(cid)).spec.resources.cpu_shares == 256
+
+    log = await mgr.status(cid)
+    rotated = Path(f"{log.log_path}.1")
+    os.rename(log.log_path, rotated)
+    await mgr.reopen_log(cid)
+
+    async def new_lines() -> bool:
+        return Path(log.log_path).exists() and "tick" in Path(log.log_path).read_text()
+
+    await wait_until(new_lines, what="lines in the reopened log")
+    size = rotated.stat().st_size
+    await wait_until(_grew(Path(log.log_path), 2), what="the new log to grow")
+    assert rotated.stat().st_size == size
+    await mgr.stop(cid, 0)
+    with pytest.raises(FailedPrecondition):
+        await mgr.reopen_log(cid)
+
+
+def cgroup_dirs_for(pod: Pod, cid: str, controller: str) -> list[Path]:
+    return [p for p in cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid)
+            if p.parts[4] == controller]
+
+
+def _grew(path: Path, lines: int):  # type: ignore[no-untyped-def]
+    start = len(path.read_text().splitlines())
+
+    async def check() -> bool:
+        return len(path.read_text().splitlines()) >= start + lines
+
+    return check
+
+
+def test_read_cri_log(tmp_path: Path) -> None:
+    data = (b"2026-11-28T08:23:08.392258621+00:00 stdout F hello\n"
+            b"2026-11-28T08:23:08.392258621+00:00 stderr P par\n"
+            b"2026-11-28T08:23:08.392258621+00:00 stderr F tial\n"
+            b"2026-11-28T08:23:08.392258621+00:00 stdout F \n")
+    (tmp_path / "log").write_bytes(data)
+    assert read_cri_log(str(tmp_path / "log"), 100) == (b"hello\n\n", b"partial\n")
+    assert read_cri_log(str(tmp_path / "log"), 3) == (b"hel", b"par")
+    assert read_cri_log(str(tmp_path / "missing"), 3) == (b"", b"")

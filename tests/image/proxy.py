@@ -1,7 +1,8 @@
 """A tiny HTTP proxy in front of the test registry, for faults a real registry cannot produce.
 
 It forwards GETs (one request per connection, `Connection: close`) and can flip a byte of every blob
-(`tamper`) or send half of a blob and then stall (`stall`); it counts the requests it saw per path.
+(`tamper`) or send half of any blob of at least `stall_min_bytes` and then hang; it counts the requests
+it saw per path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class RegistryProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tamper = False
-        self.stall = False
+        self.stall_min_bytes = 0
         self.stalled = asyncio.Event()
         self.requests: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
@@ -55,7 +56,8 @@ class RegistryProxy:
                      f"Content-Length: {len(body)}", "Connection: close"]
             lines += [f"{k}: {v}" for k, v in response.headers.items() if k.lower() in _PASS_HEADERS]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            if "/blobs/" in path and response.status_code == 200 and self.stall:
+            if "/blobs/" in path and response.status_code == 200 \
+                    and 0 < self.stall_min_bytes <= len(body):
                 writer.write(body[: len(body) // 2])
                 await writer.drain()
                 self.stalled.set()

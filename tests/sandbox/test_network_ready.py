@@ -80,3 +80,25 @@ def test_run_refused_while_not_ready(server_factory: Callable[..., CrishimServer
         run_pod(server, pod_config("early"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "not ready" in (err.value.details() or "")
+
+
+TEMPLATE = """{"cniVersion": "1.0.0", "name": "templated", "plugins": [
+  {"type": "bridge", "bridge": "cbrt", "isGateway": true,
+   "ipam": {"type": "host-local", "ranges": {{.PodCIDRRanges}}, "routes": {{.Routes}}}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}"""
+
+
+def test_update_runtime_config_renders_template(tmp_path: Path,
+                                                server_factory: Callable[..., CrishimServer]) -> None:
+    template = tmp_path / "template.conflist"
+    template.write_text(TEMPLATE)
+    server = server_factory(network=False, **{"cni.conf_template": str(template)})
+    assert not network_condition(server).status
+    server.runtime().UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest(
+        runtime_config=api_pb2.RuntimeConfig(
+            network_config=api_pb2.NetworkConfig(pod_cidr="10.77.0.0/24,fd00:77::/64"))))
+    rendered = json.loads((server.conf_dir / "10-crishim-net.conflist").read_text())
+    assert rendered["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.77.0.0/24"}],
+                                                        [{"subnet": "fd00:77::/64"}]]
+    assert rendered["plugins"][0]["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    poll(lambda: network_condition(server).status, what="the rendered network")

@@ -1,0 +1,45 @@
+"""UpdateRuntimeConfig's pod CIDR: render a conflist template when no working network exists (R-CFG-1).
+
+The placeholders follow containerd's `conf_template` names so templates carry over:
+`{{.PodCIDR}}` (the first CIDR), `{{.PodCIDRRanges}}` (host-local `ranges`, one range set per CIDR, as
+JSON) and `{{.Routes}}` (a default route per address family, as JSON).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+from crishim.errors import InvalidArgument
+
+RENDERED_NAME = "10-crishim-net.conflist"
+
+
+def render(template: str, pod_cidrs: str) -> str:
+    cidrs = [c.strip() for c in pod_cidrs.split(",") if c.strip()]
+    try:
+        networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    except ValueError as exc:
+        raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {exc}") from exc
+    routes = [{"dst": "0.0.0.0/0" if n.version == 4 else "::/0"}
+              for n in sorted({n.version: n for n in networks}.values(), key=lambda n: n.version)]
+    text = (template.replace("{{.PodCIDRRanges}}", json.dumps([[{"subnet": str(n)}] for n in networks]))
+            .replace("{{.Routes}}", json.dumps(routes))
+            .replace("{{.PodCIDR}}", str(networks[0]) if networks else ""))
+    json.loads(text)  # a template that renders to invalid JSON is a configuration error
+    return text
+
+
+def write_rendered(conf_dir: str, text: str) -> Path:
+    """Atomically, so the conf dir watcher never loads a half-written file."""
+    target = Path(conf_dir) / RENDERED_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{RENDERED_NAME}.tmp")
+    with open(tmp, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
+    return target

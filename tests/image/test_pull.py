@@ -1,0 +1,288 @@
+"""ImageManager against a real registry: pulls, names, removal, faults and crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crishim.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from crishim.image import ImageManager, RegistryAuth
+from tests.harness import REPO
+from tests.image.proxy import registry_proxy
+from tests.image_fixtures import Registry, TestImages
+
+pytestmark = pytest.mark.root
+
+
+def stored(manager: ImageManager) -> tuple[list[str], list[str]]:
+    blobs = sorted(p.name for p in manager.store.blobs.iterdir())
+    layers = sorted(p.name for p in manager.store.layers.iterdir() if p.name != "empty")
+    return blobs, layers
+
+
+def mirror(registries_dir: Path, host: str, *urls: str) -> None:
+    (registries_dir / f"{host}.toml").write_text(f"mirrors = {json.dumps(list(urls))}\n")
+
+
+async def poll_async(check: object, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_pull_by_tag_gives_config_digest_and_names(manager: ImageManager,
+                                                         test_images: TestImages) -> None:
+    busybox = test_images.busybox
+    record = await manager.pull(busybox.ref)
+    assert record.id == busybox.id
+    assert record.repo_tags == [busybox.ref]
+    name = busybox.ref.rsplit(":", 1)[0]
+    assert record.repo_digests == [f"{name}@{busybox.manifest_digest}"]
+    assert record.config["Cmd"] == ["sh"] and record.spec["architecture"] == "amd64"
+    for key in (busybox.id, busybox.id[7:], busybox.id[7:19], busybox.ref,
+                f"{name}@{busybox.manifest_digest}"):
+        assert manager.get(key) is record, key
+    assert manager.list() == [record] and manager.list(busybox.ref) == [record]
+    assert manager.get(f"{name}:2") is None and manager.list("nope") == []
+    usage = manager.fs_usage()
+    assert usage.used_bytes > record.size and usage.inodes_used > 10
+
+
+async def test_docker_schema2_pull_shares_layers(manager: ImageManager,
+                                                 test_images: TestImages) -> None:
+    first = await manager.pull(test_images.busybox.ref)
+    blobs_before, layers_before = stored(manager)
+    second = await manager.pull(test_images.busybox_docker)
+    assert second.id == first.id
+    assert sorted(second.repo_tags) == sorted([test_images.busybox.ref, test_images.busybox_docker])
+    assert len(second.repo_digests) == 2
+    blobs_after, layers_after = stored(manager)
+    assert layers_after == layers_before and len(blobs_after) == len(blobs_before) + 1
+
+
+async def test_mirror_keeps_original_name(manager: ImageManager, test_images: TestImages,
+                                          registries_dir: Path) -> None:
+    url = test_images.registry.url
+    mirror(registries_dir, "registry.k8s.io", "http://127.0.0.1:1", url)
+    mirror(registries_dir, "docker.io", url)
+    by_tag = await manager.pull("registry.k8s.io/busybox:1")
+    assert by_tag.id == test_images.busybox.id
+    assert by_tag.repo_tags == ["registry.k8s.io/busybox:1"]
+    digest_ref = f"registry.k8s.io/busybox@{test_images.busybox.manifest_digest}"
+    assert (await manager.pull(digest_ref)).id == by_tag.id
+    short = await manager.pull("busybox")
+    assert short.id == by_tag.id
+    assert "docker.io/library/busybox:latest" in short.repo_tags
+    assert manager.get("busybox") is short and manager.get("busybox:latest") is short
+    assert manager.get(digest_ref) is short
+
+
+async def test_index_picks_host_platform(manager: ImageManager, test_images: TestImages) -> None:
+    record = await manager.pull(test_images.multiarch)
+    assert record.spec["architecture"] == "amd64" and "ARCH=amd64" in record.config["Env"]
+    name = test_images.multiarch.rsplit(":", 1)[0]
+    assert record.repo_digests == [f"{name}@{test_images.multiarch_digest}"]
+    assert manager.get(f"{name}@{test_images.multiarch_digest}") is record
+
+
+async def test_user_from_config(manager: ImageManager, test_images: TestImages) -> None:
+    record = await manager.pull(test_images.with_user.ref)
+    assert (record.uid, record.username) == (1000, "")
+    busybox = await manager.pull(test_images.busybox.ref)
+    assert (busybox.uid, busybox.username) == (None, "")
+
+
+async def test_three_tags_one_image_removed_together(manager: ImageManager,
+                                                     test_images: TestImages) -> None:
+    records = [await manager.pull(ref) for ref in test_images.tagged]
+    assert len({r.id for r in records}) == 1
+    assert sorted(records[0].repo_tags) == sorted(test_images.tagged)
+    assert len(manager.list()) == 1
+    await manager.remove(test_images.tagged[1])
+    assert manager.list() == [] and all(manager.get(t) is None for t in test_images.tagged)
+    assert stored(manager) == ([], [])
+    await manager.remove(test_images.tagged[1])  # unknown now: no error
+
+
+async def test_remove_keeps_shared_content(manager: ImageManager, test_images: TestImages) -> None:
+    busybox = await manager.pull(test_images.busybox.ref)
+    await manager.pull(test_images.with_user.ref)
+    await manager.remove(test_images.with_user.id)
+    assert manager.list() == [busybox]
+    blobs, layers = stored(manager)
+    assert sorted(f"sha256:{b}" for b in blobs) == sorted(busybox.blobs)
+    assert layers == [busybox.layers[0].diff_id[7:]]
+
+
+async def test_tag_moves_to_the_new_image(manager: ImageManager, test_images: TestImages) -> None:
+    registry, base = test_images.registry, test_images.base_layer
+    repo = f"moving-{os.getpid()}-{time.monotonic_ns()}"
+    registry.push_image(repo, ["1"], [base], {"Labels": {"version": "1"}})
+    old = await manager.pull(f"{registry.host}/{repo}:1")
+    registry.push_image(repo, ["1"], [base], {"Labels": {"version": "2"}})
+    new = await manager.pull(f"{registry.host}/{repo}:1")
+    assert new.id != old.id and new.repo_tags == [f"{registry.host}/{repo}:1"]
+    assert old.repo_tags == [] and len(old.repo_digests) == 1
+    assert manager.get(old.repo_digests[0]) is old
+    assert sorted(r.id for r in manager.list()) == sorted([old.id, new.id])
+
+
+async def test_concurrent_pulls_fetch_each_blob_once(manager: ImageManager,
+                                                     test_images: TestImages) -> None:
+    async with registry_proxy(test_images.registry.url) as proxy:
+        ref = f"{proxy.host}/multilayer:1"
+        records = await asyncio.gather(*(manager.pull(ref) for _ in range(5)))
+        assert len({r.id for r in records}) == 1
+        assert proxy.blob_requests() == 4  # config + three layers
+        assert manager.get(ref) is records[0]
+
+
+async def test_concurrent_removes(manager: ImageManager, test_images: TestImages) -> None:
+    record = await manager.pull(test_images.tagged[0])
+    await manager.pull(test_images.tagged[1])
+    await asyncio.gather(*(manager.remove(name) for name in [*test_images.tagged[:2], record.id]))
+    assert manager.list() == [] and stored(manager) == ([], [])
+
+
+async def test_remove_races_a_pull_of_the_same_content(manager: ImageManager,
+                                                       test_images: TestImages) -> None:
+    await manager.pull(test_images.busybox.ref)
+    for _ in range(3):
+        pulled, _removed = await asyncio.gather(manager.pull(test_images.with_user.ref),
+                                                manager.remove(test_images.busybox.ref))
+        assert manager.get(pulled.id) is pulled
+        blobs, layers = stored(manager)
+        assert set(pulled.blobs) <= {f"sha256:{b}" for b in blobs}
+        assert layers == [pulled.layers[0].diff_id[7:]]
+        await manager.pull(test_images.busybox.ref)
+
+
+async def test_in_use_image_is_not_removed(manager: ImageManager, test_images: TestImages) -> None:
+    record = await manager.pull(test_images.busybox.ref)
+    manager.set_in_use_checker(lambda image_id: image_id == record.id)
+    with pytest.raises(FailedPrecondition, match="in use by a container"):
+        await manager.remove(test_images.busybox.ref)
+    assert manager.get(record.id) is record
+
+
+async def test_unknown_image_names_the_reference(manager: ImageManager,
+                                                 test_images: TestImages) -> None:
+    ref = f"{test_images.registry.host}/no-such-image:1.0"
+    with pytest.raises(NotFound, match="no-such-image:1.0"):
+        await manager.pull(ref)
+    with pytest.raises(NotFound, match="busybox@sha256:0000"):
+        await manager.pull(f"{test_images.registry.host}/busybox@sha256:{'0' * 64}")
+
+
+async def test_unreachable_registry(manager: ImageManager) -> None:
+    with pytest.raises(Unavailable, match="127.0.0.1:1"):
+        await manager.pull("127.0.0.1:1/busybox:1")
+
+
+async def test_bad_references(manager: ImageManager) -> None:
+    for ref in ("", "UPPER/Case:bad tag"):
+        with pytest.raises(InvalidArgument):
+            await manager.pull(ref)
+
+
+async def test_broken_registry_config_is_reported(manager: ImageManager, registries_dir: Path) -> None:
+    (registries_dir / "example.test.toml").write_text('mirrors = "http://x"\n')
+    with pytest.raises(InvalidArgument, match="example.test.toml: mirrors must be a list"):
+        await manager.pull("example.test/app:1")
+
+
+async def test_tampered_blob_is_not_stored(manager: ImageManager, test_images: TestImages) -> None:
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.tamper = True
+        with pytest.raises(Unavailable, match="digest"):
+            await manager.pull(f"{proxy.host}/busybox:1")
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
+
+
+async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
+                                                  test_images: TestImages) -> None:
+    with pytest.raises(InvalidArgument, match=r"'\.\.'"):
+        await manager.pull(test_images.evil.ref)
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert not (manager.store.layers / "escaped").exists()
+    assert not (manager.store.root / "escaped").exists()
+
+
+async def test_basic_auth_with_htpasswd(manager: ImageManager, auth_registry: Registry) -> None:
+    ref = f"{auth_registry.host}/private/busybox:1"
+    with pytest.raises(NotFound, match="requires authentication"):
+        await manager.pull(ref)
+    with pytest.raises(InvalidArgument, match="rejected the credentials"):
+        await manager.pull(ref, RegistryAuth(username="alice", password="wrong"))
+    record = await manager.pull(ref, RegistryAuth(username="alice", password="s3cret"))
+    assert record.repo_tags == [ref]
+    await manager.remove(ref)
+    from tests.image_fixtures import basic_auth
+
+    assert (await manager.pull(ref, RegistryAuth(auth=basic_auth("alice", "s3cret")))).id == record.id
+
+
+async def test_index_survives_restart(tmp_path: Path, manager: ImageManager,
+                                      test_images: TestImages) -> None:
+    record = await manager.pull(test_images.multilayer.ref)
+    await manager.close()
+    again = ImageManager(root=manager.store.root)
+    await again.start()
+    try:
+        loaded = again.get(test_images.multilayer.ref)
+        assert loaded is not None and loaded.to_json() == record.to_json()
+        assert loaded.spec == record.spec and again.fs_usage() == manager.fs_usage()
+        with pytest.raises(FailedPrecondition, match="another process"):
+            await ImageManager(root=manager.store.root).start()
+    finally:
+        await again.close()
+
+
+PULL_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from crishim.image import ImageManager
+
+async def main():
+    images = ImageManager(root=Path(sys.argv[1]))
+    await images.start()
+    await images.pull(sys.argv[2])
+
+asyncio.run(main())
+"""
+
+
+async def test_kill_9_mid_pull_then_pull_again(tmp_path: Path, test_images: TestImages) -> None:
+    root = tmp_path / "killed"
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.stall_min_bytes = 100_000
+        ref = f"{proxy.host}/multilayer:1"
+        proc = subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, str(root), ref], cwd=REPO)
+        try:
+            await asyncio.wait_for(proxy.stalled.wait(), 20)
+            await poll_async(lambda: any((root / "ingest").iterdir()), what="a partial download")
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proxy.stall_min_bytes = 0
+        images = ImageManager(root=root)
+        await images.start()
+        try:
+            assert images.list() == [] and list(images.store.ingest.iterdir()) == []
+            record = await images.pull(ref)
+            assert images.get(ref) is record and len(record.layers) == 3
+            rootfs_layers = sorted(p.name for p in images.store.layers.iterdir())
+            assert rootfs_layers == sorted(["empty", *(layer.diff_id[7:] for layer in record.layers)])
+        finally:
+            await images.close()
