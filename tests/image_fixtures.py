@@ -13,15 +13,19 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -320,7 +324,6 @@ def busybox_image(test_images: TestImages) -> str:
 def htpasswd_line(user: str, password: str) -> str:
     """A bcrypt htpasswd entry (the only kind docker-registry accepts), via the C library's crypt."""
     import ctypes
-    import os
 
     crypt = ctypes.CDLL("libcrypt.so.1")
     crypt.crypt_gensalt.restype = ctypes.c_char_p
@@ -347,3 +350,90 @@ def auth_registry(test_images: TestImages) -> Iterator[Registry]:
 
 def basic_auth(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """A token server for docker-registry's `token` auth: RS256 JWTs signed with `openssl`.
+
+    Grants pull to `alice:s3cret` and nothing to anyone else, as a real token service would.
+    """
+
+    service = "crishim-test-registry"
+    issuer = "crishim-test-issuer"
+
+    def __init__(self, work: Path) -> None:
+        self.key = work / "token.key"
+        self.cert = work / "token.crt"
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+             "/CN=crishim-test-token", "-keyout", str(self.key), "-out", str(self.cert)])
+        pem = self.cert.read_text().splitlines()
+        self.x5c = "".join(line for line in pem if not line.startswith("-----"))
+
+    def token(self, scope: str, granted: bool) -> str:
+        import time
+
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        access = []
+        if granted and scope.startswith("repository:"):
+            _, name, actions = scope.split(":")
+            access = [{"type": "repository", "name": name, "actions": actions.split(",")}]
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": "alice" if granted else "", "aud": self.service,
+                  "exp": now + 300, "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": access}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), capture_output=True,
+                                   check=True).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def serve(self) -> tuple[ThreadingHTTPServer, str]:
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                query = parse_qs(urlsplit(self.path).query)
+                expected = f"Basic {basic_auth('alice', 's3cret')}"
+                given = self.headers.get("Authorization", "")
+                if given and given != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": issuer.token(query.get("scope", [""])[0],
+                                                         granted=bool(given))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}/token"
+
+
+@pytest.fixture(scope="session")
+def token_registry(test_images: TestImages) -> Iterator[Registry]:
+    """A registry with bearer-token auth holding a copy of the session registry's content."""
+    work = Path(tempfile.mkdtemp(prefix="crishim-token-registry-"))
+    issuer = TokenIssuer(work)
+    server, realm = issuer.serve()
+    shutil.copytree(test_images.registry.root / "data", work / "data")
+    registry = Registry(host=f"127.0.0.1:{free_port()}", root=work)
+    try:
+        registry.start({"auth": {"token": {"realm": realm, "service": issuer.service,
+                                           "issuer": issuer.issuer,
+                                           "rootcertbundle": str(issuer.cert)}}})
+        yield registry
+    finally:
+        registry.stop()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -24,7 +24,6 @@ from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.model import Container, ContainerSpec, ContainerState, Resources, SeccompKind
 from crishim.container.oci import OCIRuntimeError, RuntimeHandler
 from crishim.container.ocispec import SpecInputs, build_spec, exec_process, linux_resources
-from crishim.container.store import read_json, write_json
 from crishim.container.users import read_user_files, resolve_user
 from crishim.errors import (
     AlreadyExists,
@@ -34,6 +33,7 @@ from crishim.errors import (
     NotFound,
 )
 from crishim.sandbox.model import NamespaceMode, Sandbox
+from crishim.store import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class RootfsLike(Protocol):
     @property
     def merged(self) -> str | os.PathLike[str]: ...
 
+    async def mount(self) -> None: ...
+
 
 class ImageLike(Protocol):
     @property
@@ -57,7 +59,8 @@ class ImageLike(Protocol):
 
 
 class RootfsProvider(Protocol):
-    """What the image manager offers: a writable root filesystem per container."""
+    """What the image manager offers: a writable root filesystem per container, mounted by us and
+    unmounted and deleted by `release_rootfs`."""
 
     async def prepare_rootfs(self, image_id: str, container_id: str,
                              container_dir: Path) -> RootfsLike: ...
@@ -159,6 +162,7 @@ class ContainerManager:
             await asyncio.to_thread(self._dirs)
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
+            await rootfs.mount()
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
         except BaseException:
             self._names.pop(key, None)
@@ -188,7 +192,7 @@ class ContainerManager:
         if sandbox.spec.log_directory and spec.log_path:
             log_path = os.path.join(sandbox.spec.log_directory, spec.log_path)
         await asyncio.to_thread(_prepare_host_paths, spec, log_path)
-        await asyncio.to_thread(write_json, cdir / "config.json", oci)
+        await asyncio.to_thread(write_json_atomic, cdir / "config.json", oci)
         c = Container(
             id=cid, sandbox_id=sandbox.id, spec=spec, image_id=image.id,
             runtime_handler=handler.name, dir=str(cdir), log_path=log_path,
@@ -323,7 +327,7 @@ class ContainerManager:
         await asyncio.to_thread(self._dirs)
         await asyncio.to_thread(work.mkdir)
         try:
-            await asyncio.to_thread(write_json, work / "process.json", process)
+            await asyncio.to_thread(write_json_atomic, work / "process.json", process)
             return await conmon_mod.exec_sync(
                 self.conmon, self.runtimes[c.runtime_handler], container_id=c.id,
                 exec_id=exec_id, bundle=str(work), process_spec=str(work / "process.json"),
@@ -368,7 +372,7 @@ class ContainerManager:
         return self._locks.setdefault(cid, asyncio.Lock())
 
     async def _save(self, c: Container) -> None:
-        await asyncio.to_thread(write_json, Path(c.dir) / RECORD, c.to_json())
+        await asyncio.to_thread(write_json_atomic, Path(c.dir) / RECORD, c.to_json())
 
     async def _refresh(self, c: Container, conmon_gone: bool = False) -> None:
         if c.state == ContainerState.EXITED:

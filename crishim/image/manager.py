@@ -8,6 +8,7 @@ cannot collect it, and each blob or layer is fetched or unpacked once however ma
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import fcntl
@@ -24,6 +25,7 @@ from typing import Any
 
 from crishim.errors import CrishimError, FailedPrecondition, InvalidArgument, NotFound
 from crishim.image import reference
+from crishim.image.archive import DOCKER_LAYER, ArchiveImage, read_archive
 from crishim.image.reference import Reference
 from crishim.image.registry import (
     INDEX_TYPES,
@@ -465,6 +467,55 @@ class ImageManager:
         return {"version": INDEX_VERSION, "images": [r.to_json() for r in self._images.values()],
                 "layers": {k: vars(v) for k, v in self._layer_usage.items()}}
 
+    # --- importing --------------------------------------------------------------------------------
+
+    async def import_archive(self, path: Path) -> builtins.list[ImageRecord]:
+        """Load every image of an OCI layout (directory or tar) or `docker save` tar into the store."""
+        scratch = self.store.ingest / f"import-{os.getpid()}-{id(path)}"
+        try:
+            found = await asyncio.to_thread(read_archive, Path(path), scratch, choose_platform)
+            return [await self._import_one(image, path) for image in found]
+        except BaseException:
+            await asyncio.shield(self._collect())
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def _import_one(self, image: ArchiveImage, path: Path) -> ImageRecord:
+        what = f"image in {path}"
+        spec_bytes = await asyncio.to_thread(image.config_path.read_bytes)
+        spec = _json(spec_bytes, f"config of the {what}")
+        if image.manifest is not None:
+            descs = parse_manifest(json.dumps(image.manifest).encode(), what)[1]
+        else:
+            diff_ids = (spec.get("rootfs") or {}).get("diff_ids") or []
+            descs = [{"digest": d, "size": 0} for d in diff_ids]
+        expected = [str(d["digest"]) for d in descs]
+        if len(expected) != len(image.layer_paths):
+            raise InvalidArgument(f"{what}: {len(image.layer_paths)} layer files for "
+                                  f"{len(expected)} layers")
+        async with self._pinned([sha256_digest(spec_bytes), *expected]):
+            blobs: dict[str, int] = {}
+            manifest_digest = ""
+            for manifest_path in image.manifest_paths:
+                manifest_digest, size = await asyncio.to_thread(self.store.put_file, manifest_path)
+                blobs[manifest_digest] = size
+            config_digest, size = await asyncio.to_thread(self.store.put_file, image.config_path)
+            blobs[config_digest] = size
+            sized = []
+            for digest, layer_path in zip(expected, image.layer_paths, strict=True):
+                _, size = await asyncio.to_thread(self.store.put_file, layer_path, digest)
+                blobs[digest] = size
+                sized.append({"digest": digest, "size": size, "mediaType": DOCKER_LAYER})
+            layers = layers_from(spec, sized if image.manifest is None else descs, what)
+            async with self._pinned([layer.diff_id for layer in layers]):
+                for layer in layers:
+                    await self._ensure_layer(layer)
+                content = ImageContent(top_digest=image.top_digest, manifest_digest=manifest_digest,
+                                       spec_bytes=spec_bytes, layers=layers, blobs=blobs)
+                names = [reference.parse(name) for name in image.names]
+                return await self._commit(content, None, names)
+
     # --- removal ----------------------------------------------------------------------------------
 
     async def remove(self, ref: str) -> None:
@@ -540,6 +591,7 @@ class ImageManager:
 
             await asyncio.to_thread(cleanup)
             del self._rootfs[container_id]
+            await self._collect_locked()
 
 
 def _flush_close(out: Any) -> None:

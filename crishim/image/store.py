@@ -93,6 +93,28 @@ class Store:
         if not self.has_blob(digest):
             write_atomic(self.blob_path(digest), data)
 
+    def put_file(self, src: Path, expected: str = "") -> tuple[str, int]:
+        """Copy `src` into the store, hashing it on the way; returns its digest and size."""
+        hasher = hashlib.sha256()
+        tmp = self.ingest / f"file-{secrets.token_hex(8)}"
+        try:
+            with open(src, "rb") as source, open(tmp, "wb") as out:
+                while chunk := source.read(1 << 20):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+                size = out.tell()
+            digest = f"sha256:{hasher.hexdigest()}"
+            if expected and digest != expected:
+                raise InvalidArgument(f"{src.name} has digest {digest}, but the archive says "
+                                      f"{expected}")
+            if not self.has_blob(digest):
+                os.replace(tmp, self.blob_path(digest))
+            return digest, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def ingest_path(self, digest: str) -> Path:
         return self.ingest / f"{_hex(digest)}.{secrets.token_hex(4)}"
 

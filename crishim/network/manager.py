@@ -119,6 +119,12 @@ class NetworkManager:
                     f"not found in {':'.join(self.cfg.bin_dirs)}")
         return ""
 
+    def not_ready_reason(self) -> str:
+        """Why pods cannot get a network right now ("" when they can), from the last load, without exec."""
+        if self.network is None or self.state.error:
+            return self.state.error or "no network loaded"
+        return ""
+
     async def status(self) -> tuple[bool, str, dict[str, Any]]:
         """(ready, message, verbose info); runs CNI STATUS for networks that support it."""
         net = self.network
@@ -149,7 +155,7 @@ class NetworkManager:
                      ) -> tuple[cni.NetworkConfigList, cni.Result]:
         net = self.network
         if net is None or self.state.error:
-            raise cni.CNIError(f"network plugin is not ready: {self.state.error}")
+            raise cni.CNIError(f"network plugin is not ready: {self.not_ready_reason()}")
         with recording(timeline):
             async with self._gc_lock.read():
                 result = await self.cni.add_network_list(net, self._runtime_conf(att))

@@ -155,9 +155,9 @@ class SandboxManager:
 
     async def _create(self, spec: SandboxSpec, config_blob: str) -> str:
         if not spec.host_network:
-            ready, message, _ = await self.network.status()
-            if not ready:
-                raise Unavailable(f"network plugin is not ready: {message}")
+            reason = self.network.not_ready_reason()
+            if reason:
+                raise Unavailable(f"network plugin is not ready: {reason}")
             podnet.capability_args(spec)  # rejects bad bandwidth annotations before anything exists
         sandbox = self._new_sandbox(spec, config_blob)
         async with self._lock(sandbox.id):

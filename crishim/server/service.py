@@ -21,9 +21,11 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.runtime import Runtime
 from crishim.server.containers import ContainerMixins
 from crishim.server.images import ImageMixins
+from crishim.server.observability import ObservabilityMixins
 from crishim.server.runtime_config import RuntimeConfigMixin
 from crishim.server.sandboxes import SandboxMixins
 from crishim.server.status import StatusMixin
+from crishim.server.streaming import StreamingMixins
 from crishim.server.version import VersionMixin
 
 log = logging.getLogger("crishim.rpc")
@@ -39,12 +41,10 @@ STATUS_BY_ERROR: dict[type[errors.CrishimError], grpc.StatusCode] = {
 }
 
 
-class RuntimeServicer(VersionMixin, StatusMixin, RuntimeConfigMixin, *SandboxMixins, *ContainerMixins):  # type: ignore[misc]
-    """runtime.v1.RuntimeService."""
-
-
-class ImageServicer(*ImageMixins):  # type: ignore[misc]
-    """runtime.v1.ImageService."""
+# Each service is the union of its RPC-family mixins; a family module adds its mixins to its tuple.
+RuntimeServicer = type("RuntimeServicer", (VersionMixin, StatusMixin, RuntimeConfigMixin, *SandboxMixins,
+                                           *ContainerMixins, *StreamingMixins, *ObservabilityMixins), {})
+ImageServicer = type("ImageServicer", ImageMixins, {})
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
@@ -69,7 +69,7 @@ def _unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
             return await fn(request, context)
         except Exception as exc:
             code = status_for(exc).name
-            if type(exc).__name__ == "AbortError":
+            if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort_for(exc, method, context)
         finally:
@@ -85,7 +85,7 @@ def _stream(method: str, fn: Callable[..., AsyncIterator[Any]]) -> Callable[...,
             async for item in fn(request, context):
                 yield item
         except Exception as exc:
-            if type(exc).__name__ == "AbortError":
+            if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort_for(exc, method, context)
 

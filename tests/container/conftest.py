@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,22 @@ class Image:
 
 @dataclass
 class OverlayRootfs:
-    merged: Path
+    lower: Path
+    container_dir: Path
+
+    @property
+    def merged(self) -> Path:
+        return self.container_dir / "rootfs"
+
+    async def mount(self) -> None:
+        upper, work = self.container_dir / "upper", self.container_dir / "work"
+        await _run("mount", "-t", "overlay", "overlay", "-o",
+                   f"lowerdir={self.lower},upperdir={upper},workdir={work}", str(self.merged))
 
 
 class OverlayProvider:
-    """A container rootfs as the image manager makes it: an overlay over a read-only lower dir."""
+    """A container rootfs as the image manager makes it: an overlay over a read-only lower dir,
+    prepared here, mounted by the container manager, unmounted on release."""
 
     def __init__(self, lower: Path) -> None:
         self.lower = lower
@@ -53,17 +65,15 @@ class OverlayProvider:
 
     async def prepare_rootfs(self, image_id: str, container_id: str,
                              container_dir: Path) -> OverlayRootfs:
-        merged, upper, work = (container_dir / d for d in ("rootfs", "upper", "work"))
-        for d in (merged, upper, work):
-            d.mkdir()
-        await _run("mount", "-t", "overlay", "overlay", "-o",
-                   f"lowerdir={self.lower},upperdir={upper},workdir={work}", str(merged))
-        self.mounted[container_id] = merged
-        return OverlayRootfs(merged)
+        for d in ("rootfs", "upper", "work"):
+            (container_dir / d).mkdir()
+        rootfs = OverlayRootfs(self.lower, container_dir)
+        self.mounted[container_id] = rootfs.merged
+        return rootfs
 
     async def release_rootfs(self, container_id: str) -> None:
         merged = self.mounted.pop(container_id, None)
-        if merged is not None:
+        if merged is not None and await asyncio.to_thread(os.path.ismount, merged):
             await _run("umount", str(merged))
 
 
@@ -100,8 +110,9 @@ class Pod:
         return run(["ip", "netns", "exec", self.netns, *cmd]).stdout
 
 
-@contextlib.contextmanager
-def make_pod(base: Path, handler: str = "") -> Iterator[Pod]:
+@contextlib.asynccontextmanager
+async def make_pod(env: Env, base: Path, handler: str = "") -> AsyncIterator[Pod]:
+    """A pod; on exit its containers are removed before its namespaces and cgroup parent go."""
     token = secrets.token_hex(4)
     netns = f"crishim-ct-{token}"
     pod_dir = base / f"pod-{token}"
@@ -114,6 +125,12 @@ def make_pod(base: Path, handler: str = "") -> Iterator[Pod]:
     ipc.touch()
     uts.touch()
     cgroup_parent = f"/crishim-test-{token}"
+    spec = SandboxSpec(name="testpod", namespace="default", uid=token, hostname="testpod",
+                       log_directory=str(pod_dir / "logs"), runtime_handler=handler,
+                       cgroup_parent=cgroup_parent)
+    sandbox = Sandbox(id=secrets.token_hex(32), spec=spec, state=SandboxState.READY,
+                      created_at=0, dir=str(pod_dir), netns_path=f"/run/netns/{netns}",
+                      ipc_ns_path=str(ipc), uts_ns_path=str(uts))
     run(["ip", "netns", "add", netns])
     try:
         run(["unshare", f"--ipc={ipc}", f"--uts={uts}", "hostname", "testpod"])
@@ -122,23 +139,25 @@ def make_pod(base: Path, handler: str = "") -> Iterator[Pod]:
         run(["ip", "-n", netns, "addr", "add", "10.77.0.5/24", "dev", "eth0"])
         run(["ip", "-n", netns, "link", "set", "eth0", "up"])
         run(["ip", "-n", netns, "link", "set", "peer0", "up"])
-        spec = SandboxSpec(name="testpod", namespace="default", uid=token, hostname="testpod",
-                           log_directory=str(pod_dir / "logs"), runtime_handler=handler,
-                           cgroup_parent=cgroup_parent)
-        sandbox = Sandbox(id=secrets.token_hex(32), spec=spec, state=SandboxState.READY,
-                          created_at=0, dir=str(pod_dir), netns_path=f"/run/netns/{netns}",
-                          ipc_ns_path=str(ipc), uts_ns_path=str(uts))
         yield Pod(sandbox, netns)
     finally:
+        if env.managers:
+            with contextlib.suppress(Exception):
+                await env.managers[-1].remove_all(sandbox.id)
         for pid in run(["ip", "netns", "pids", netns], check=False).stdout.split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), 9)
         run(["umount", str(ipc)], check=False)
         run(["umount", str(uts)], check=False)
         run(["ip", "netns", "del", netns], check=False)
-        for hierarchy in CGROUP_ROOT.iterdir():
-            with contextlib.suppress(OSError):
-                (hierarchy / cgroup_parent.lstrip("/")).rmdir()
+        remove_cgroup_parent(cgroup_parent)
+
+
+def remove_cgroup_parent(parent: str) -> None:
+    """runc removes a container's leaf cgroup, never the pod's parent: that is the pod owner's."""
+    for hierarchy in CGROUP_ROOT.iterdir():
+        with contextlib.suppress(OSError):
+            (hierarchy / parent.lstrip("/")).rmdir()
 
 
 @dataclass
@@ -175,8 +194,8 @@ async def env(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Env]:
 
 
 @pytest.fixture
-def pod(tmp_path: Path) -> Iterator[Pod]:
-    with make_pod(tmp_path) as p:
+async def pod(env: Env, tmp_path: Path) -> AsyncIterator[Pod]:
+    async with make_pod(env, tmp_path) as p:
         yield p
 
 
@@ -199,15 +218,17 @@ def mounts_under(path: Path) -> list[str]:
 
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+async def wait_until(check: Callable[[], Any], within: float = 10.0,
                      what: str = "condition") -> Any:
-    """Poll an async check with a deadline (no sleeps as synchronisation)."""
+    """Poll a check (plain or async) with a deadline: no sleeps as synchronisation."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)

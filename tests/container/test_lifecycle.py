@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,8 @@ FOREVER = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
 
 
 @pytest.fixture(params=["runc", "crun"])
-def any_pod(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pod]:
-    with make_pod(tmp_path, request.param) as p:
+async def any_pod(request: pytest.FixtureRequest, env: Env, tmp_path: Path) -> AsyncIterator[Pod]:
+    async with make_pod(env, tmp_path, request.param) as p:
         yield p
 
 
@@ -224,9 +225,10 @@ async def test_restart_recovery(env: Env, any_pod: Pod) -> None:
     ends = await started(env, any_pod, "ends", "read line < /dev/shm/go 2>/dev/null; "
                          "while [ ! -e /dev/shm/go ]; do sleep 0.05; done; exit 7")
     await first.close()
-    Path(any_pod.sandbox.shm_path, "go").write_text("")
+    await asyncio.to_thread(Path(any_pod.sandbox.shm_path, "go").write_text, "")
     # The container exits while no crishim watches; its conmon records the code.
-    await wait_until(_exists(Path(first.exit_dir, ends)), what="exit file")
+    exit_file = Path(first.exit_dir, ends)
+    await wait_until(exit_file.exists, what="exit file")
     second = env.manager()
     await second.recover()
     assert (await second.status(keeps)).state == ContainerState.RUNNING
@@ -235,13 +237,6 @@ async def test_restart_recovery(env: Env, any_pod: Pod) -> None:
     await second.stop(keeps, 5)
     assert (await second.status(keeps)).exit_code == 0
     assert {c.spec.name for c in second.list_containers()} == {"keeps", "ends"}
-
-
-def _exists(path: Path):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return path.exists()
-
-    return check
 
 
 async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:
@@ -291,13 +286,14 @@ async def test_names_filters_update_and_reopen(env: Env, pod: Pod) -> None:
     os.rename(log.log_path, rotated)
     await mgr.reopen_log(cid)
 
-    async def new_lines() -> bool:
-        return Path(log.log_path).exists() and "tick" in Path(log.log_path).read_text()
-
-    await wait_until(new_lines, what="lines in the reopened log")
-    size = rotated.stat().st_size
-    await wait_until(_grew(Path(log.log_path), 2), what="the new log to grow")
-    assert rotated.stat().st_size == size
+    new_log = Path(log.log_path)
+    await wait_until(lambda: new_log.exists() and "tick" in new_log.read_text(),
+                     what="lines in the reopened log")
+    size = (await asyncio.to_thread(rotated.stat)).st_size
+    start = len((await asyncio.to_thread(new_log.read_text)).splitlines())
+    await wait_until(lambda: len(new_log.read_text().splitlines()) >= start + 2,
+                     what="the new log to grow")
+    assert (await asyncio.to_thread(rotated.stat)).st_size == size
     await mgr.stop(cid, 0)
     with pytest.raises(FailedPrecondition):
         await mgr.reopen_log(cid)
@@ -306,15 +302,6 @@ async def test_names_filters_update_and_reopen(env: Env, pod: Pod) -> None:
 def cgroup_dirs_for(pod: Pod, cid: str, controller: str) -> list[Path]:
     return [p for p in cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid)
             if p.parts[4] == controller]
-
-
-def _grew(path: Path, lines: int):  # type: ignore[no-untyped-def]
-    start = len(path.read_text().splitlines())
-
-    async def check() -> bool:
-        return len(path.read_text().splitlines()) >= start + lines
-
-    return check
 
 
 def test_read_cri_log(tmp_path: Path) -> None:

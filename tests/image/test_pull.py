@@ -6,9 +6,9 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,11 +32,11 @@ def mirror(registries_dir: Path, host: str, *urls: str) -> None:
     (registries_dir / f"{host}.toml").write_text(f"mirrors = {json.dumps(list(urls))}\n")
 
 
-async def poll_async(check: object, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+async def poll_async(check: Callable[[], object], limit: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + limit
+    while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -178,14 +178,14 @@ async def test_in_use_image_is_not_removed(manager: ImageManager, test_images: T
 async def test_unknown_image_names_the_reference(manager: ImageManager,
                                                  test_images: TestImages) -> None:
     ref = f"{test_images.registry.host}/no-such-image:1.0"
-    with pytest.raises(NotFound, match="no-such-image:1.0"):
+    with pytest.raises(NotFound, match=r"no-such-image:1\.0"):
         await manager.pull(ref)
     with pytest.raises(NotFound, match="busybox@sha256:0000"):
         await manager.pull(f"{test_images.registry.host}/busybox@sha256:{'0' * 64}")
 
 
 async def test_unreachable_registry(manager: ImageManager) -> None:
-    with pytest.raises(Unavailable, match="127.0.0.1:1"):
+    with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1"):
         await manager.pull("127.0.0.1:1/busybox:1")
 
 
@@ -197,7 +197,7 @@ async def test_bad_references(manager: ImageManager) -> None:
 
 async def test_broken_registry_config_is_reported(manager: ImageManager, registries_dir: Path) -> None:
     (registries_dir / "example.test.toml").write_text('mirrors = "http://x"\n')
-    with pytest.raises(InvalidArgument, match="example.test.toml: mirrors must be a list"):
+    with pytest.raises(InvalidArgument, match=r"example\.test\.toml: mirrors must be a list"):
         await manager.pull("example.test/app:1")
 
 
@@ -268,13 +268,14 @@ async def test_kill_9_mid_pull_then_pull_again(tmp_path: Path, test_images: Test
     async with registry_proxy(test_images.registry.url) as proxy:
         proxy.stall_min_bytes = 100_000
         ref = f"{proxy.host}/multilayer:1"
-        proc = subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, str(root), ref], cwd=REPO)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PULL_SCRIPT, str(root), ref,
+                                                    cwd=REPO)
         try:
             await asyncio.wait_for(proxy.stalled.wait(), 20)
             await poll_async(lambda: any((root / "ingest").iterdir()), what="a partial download")
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
         proxy.stall_min_bytes = 0
         images = ImageManager(root=root)
         await images.start()
@@ -286,3 +287,14 @@ async def test_kill_9_mid_pull_then_pull_again(tmp_path: Path, test_images: Test
             assert rootfs_layers == sorted(["empty", *(layer.diff_id[7:] for layer in record.layers)])
         finally:
             await images.close()
+
+
+async def test_bearer_token_auth(manager: ImageManager, token_registry: Registry,
+                                 test_images: TestImages) -> None:
+    ref = f"{token_registry.host}/busybox:1"
+    with pytest.raises(NotFound, match="requires authentication"):
+        await manager.pull(ref)
+    with pytest.raises(InvalidArgument, match="rejected the credentials"):
+        await manager.pull(ref, RegistryAuth(username="alice", password="wrong"))
+    record = await manager.pull(ref, RegistryAuth(username="alice", password="s3cret"))
+    assert record.id == test_images.busybox.id and record.repo_tags == [ref]

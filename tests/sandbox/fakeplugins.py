@@ -29,6 +29,9 @@ ADD)
     exec sleep 300
   fi
   printf '%s' "$input" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
+STATUS)
+  [ -f "$dir/$name.status-fails" ] && fail 50 "injected STATUS failure" "plugin not available"
+  exit 0 ;;
 DEL)
   [ -f "$dir/$name.del-fails" ] && fail 101 "injected DEL failure" "flag $name.del-fails is set"
   exit 0 ;;

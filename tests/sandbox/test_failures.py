@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -88,3 +89,46 @@ def test_crash_mid_run_is_cleaned_up_by_restart(node: TestNode,
     server.start()
     assert server.runtime().ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
     poll(lambda: node_leftovers(node, server) == before, what="the interrupted pod to be cleaned up")
+
+
+def test_cni_status_drives_network_ready(tmp_path: Path,
+                                         server_factory: Callable[..., CrishimServer]) -> None:
+    fake = FakePlugin(tmp_path / "fakebin")
+    server = server_factory(network=False, **{"cni.bin_dirs": [str(fake.dir), CNI_BIN_DIR]})
+    server.use_network({"cniVersion": "1.1.0", "name": "statusnet", "plugins": [{"type": "fake"}]})
+    fake.flag("status-fails")
+    ready, cni = server.network_status()
+    assert not ready and "injected STATUS failure" in cni["error"]
+    fake.flag("status-fails", on=False)
+    assert server.network_status()[0]
+
+
+def test_gc_on_start_releases_attachments_nobody_owns(node: TestNode, server: CrishimServer) -> None:
+    """A crash between CNI ADD and the sandbox record leaves an attachment only GC can find."""
+    import asyncio
+
+    import cni
+    from tests.harness import BRIDGE_CONFLIST, run
+
+    before = node_leftovers(node, server)
+    server.stop()
+    netns = server.netns_dir / "stray"
+    server.netns_dir.mkdir(exist_ok=True)
+    netns.touch()
+    run(["unshare", f"--net={netns}", "true"])
+    conflist = json.loads((server.conf_dir / "10-test.conflist").read_text())
+    assert conflist["name"] == BRIDGE_CONFLIST["name"]
+    library = cni.CNIConfig([CNI_BIN_DIR], cache_dir=str(server.cache_dir), exec_prefix=node.prefix())
+    net = cni.parse_network_config_list(json.dumps(conflist).encode())
+    asyncio.run(library.add_network_list(net, cni.RuntimeConf("f" * 64, str(netns), "eth0")))
+    assert len(node_leftovers(node, server)["leases"]) == 1
+    server.start()
+
+    def released() -> bool:
+        left = node_leftovers(node, server)
+        return left["leases"] == [] and left["cache"] == []
+
+    poll(released, what="GC to release the stray lease and its cache entry")
+    run(["umount", str(netns)])
+    netns.unlink()
+    assert node_leftovers(node, server) == before

@@ -1,0 +1,52 @@
+"""Latency samples, percentiles, and a bounded-concurrency driver shared by the floor and crishim runs."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+Summary = dict[str, float]
+
+
+def percentile(samples: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: always one of the measured values, never an interpolation."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarise(seconds: Sequence[float]) -> Summary:
+    """n, p50/p90/p99, mean and max in milliseconds."""
+    if not seconds:
+        return {"n": 0}
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50": round(percentile(ms, 50), 3),
+        "p90": round(percentile(ms, 90), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "mean": round(sum(ms) / len(ms), 3),
+        "max": round(max(ms), 3),
+    }
+
+
+async def drive(items: Sequence[T], concurrency: int, fn: Callable[[T], Awaitable[None]]) -> float:
+    """Run `fn` over `items` with at most `concurrency` calls in flight; return the wall time in seconds."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            await fn(item)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+    return time.perf_counter() - started
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 2) if seconds > 0 else 0.0

@@ -1,0 +1,3 @@
+"""The stats, events and metrics RPC families, one module each."""
+
+ObservabilityMixins: tuple[type, ...] = ()

@@ -1,0 +1,3 @@
+"""The streaming RPC families (Exec, Attach, PortForward), one module each."""
+
+StreamingMixins: tuple[type, ...] = ()
