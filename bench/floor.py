@@ -118,10 +118,8 @@ async def run_cycle(client: cni.CNIConfig, net: cni.NetworkConfigList, params: F
     return result
 
 
-async def measure(params: FloorParams) -> dict[str, Any]:
-    net = cni.parse_network_config_list(Path(params.conflist).read_bytes(), params.conflist)
+async def measure(params: FloorParams, net: cni.NetworkConfigList) -> dict[str, Any]:
     client = cni.CNIConfig([CNI_BIN_DIR], cache_dir=params.cache_dir)
-    Path(params.netns_dir).mkdir(parents=True, exist_ok=True)
     if params.warmup:
         await run_cycle(client, net, params, params.warmup, 1)
     return {str(c): await run_cycle(client, net, params, params.pods, c) for c in params.concurrency}
@@ -132,7 +130,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bench.floor PARAMS_JSON (started by `python -m bench`)", file=sys.stderr)
         return 2
     params = FloorParams(**json.loads(argv[0]))
-    print(json.dumps(asyncio.run(measure(params))))
+    net = cni.parse_network_config_list(Path(params.conflist).read_bytes(), params.conflist)
+    Path(params.netns_dir).mkdir(parents=True, exist_ok=True)
+    print(json.dumps(asyncio.run(measure(params, net))))
     return 0
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from crishim import __version__
-from crishim.config import ConfigError, load_config
+from crishim.config import Config, ConfigError, load_config
 from crishim.log import setup_logging
 
 EXIT_CONFIG = 2
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve the CRI socket")
     sub.add_parser("doctor", help="show which CNI network is used and why others were skipped")
+    images = sub.add_parser("images", help="manage the image store").add_subparsers(
+        dest="images_command", required=True)
+    importer = images.add_parser("import", help="load an OCI layout or `docker save` archive")
+    importer.add_argument("archive", help="OCI layout directory, OCI archive or docker-save tar")
     return parser
 
 
@@ -45,6 +50,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.cni_bin_dirs:
         found["cni.bin_dirs"] = args.cni_bin_dirs.split(":")
     return found
+
+
+async def _import_images(config: Config, archive: str) -> int:
+    from crishim.errors import CrishimError
+    from crishim.image import ImageManager
+
+    manager = ImageManager(root=Path(config.state_dir) / "images",
+                           registry_config_dir=config.images.registry_config_dir)
+    try:
+        await manager.start()
+        records = await manager.import_archive(Path(archive))
+    except CrishimError as exc:
+        print(f"crishim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await manager.close()
+    for record in records:
+        print(record.id, " ".join(record.repo_tags))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"crishim: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "images":
+        return asyncio.run(_import_images(config, args.archive))
     if args.command == "doctor":
         from crishim.network.doctor import doctor
 

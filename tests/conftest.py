@@ -12,6 +12,8 @@ import pytest
 
 from tests.harness import CrishimServer, TestNode, in_ci, make_test_node, remove_root
 
+pytest_plugins = ["tests.image_fixtures"]
+
 NEEDED_TOOLS = ("ip", "nsenter", "iptables-save")
 
 

@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,7 +70,7 @@ class LayerBlob:
         return cls(data=gzip.compress(tar, mtime=0), diff_id=digest_of(tar))
 
 
-def make_tar(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:
+def make_tar(entries: Sequence[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:
     """A tar of the given members; pair a member with bytes to give a regular file content."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -139,22 +139,25 @@ class Registry:
                 self.proc.wait()
             self.proc = None
 
+    def _auth(self) -> Any:
+        return httpx.BasicAuth(*self.auth) if self.auth else httpx.USE_CLIENT_DEFAULT
+
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = digest_of(data)
-        start = self._client.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth)
+        start = self._client.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self._auth())
         assert start.status_code == 202, start.text
         location = start.headers["Location"]
         if location.startswith("/"):
             location = self.url + location
         sep = "&" if "?" in location else "?"
-        done = self._client.put(f"{location}{sep}digest={digest}", content=data, auth=self.auth,
+        done = self._client.put(f"{location}{sep}digest={digest}", content=data, auth=self._auth(),
                                 headers={"Content-Type": "application/octet-stream"})
         assert done.status_code == 201, done.text
         return digest
 
     def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
         response = self._client.put(f"{self.url}/v2/{repo}/manifests/{ref}", content=body,
-                                    headers={"Content-Type": media_type}, auth=self.auth)
+                                    headers={"Content-Type": media_type}, auth=self._auth())
         assert response.status_code == 201, response.text
         return digest_of(body)
 
@@ -395,7 +398,7 @@ class TokenIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 expected = f"Basic {basic_auth('alice', 's3cret')}"
                 given = self.headers.get("Authorization", "")
@@ -411,7 +414,7 @@ class TokenIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -423,17 +426,19 @@ class TokenIssuer:
 def token_registry(test_images: TestImages) -> Iterator[Registry]:
     """A registry with bearer-token auth holding a copy of the session registry's content."""
     work = Path(tempfile.mkdtemp(prefix="crishim-token-registry-"))
-    issuer = TokenIssuer(work)
-    server, realm = issuer.serve()
-    shutil.copytree(test_images.registry.root / "data", work / "data")
+    server: ThreadingHTTPServer | None = None
     registry = Registry(host=f"127.0.0.1:{free_port()}", root=work)
     try:
+        issuer = TokenIssuer(work)
+        server, realm = issuer.serve()
+        shutil.copytree(test_images.registry.root / "data", work / "data")
         registry.start({"auth": {"token": {"realm": realm, "service": issuer.service,
                                            "issuer": issuer.issuer,
                                            "rootcertbundle": str(issuer.cert)}}})
         yield registry
     finally:
         registry.stop()
-        server.shutdown()
-        server.server_close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         shutil.rmtree(work, ignore_errors=True)

@@ -197,7 +197,8 @@ class ContainerManager:
             id=cid, sandbox_id=sandbox.id, spec=spec, image_id=image.id,
             runtime_handler=handler.name, dir=str(cdir), log_path=log_path,
             created_at=time.time_ns(), rootfs=rootfs,
-            stop_signal=str(image.config.get("StopSignal") or "SIGTERM"),
+            stop_signal=spec.stop_signal or str(image.config.get("StopSignal") or "SIGTERM"),
+            uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids),
         )
         self._containers[cid] = c
         await self._save(c)

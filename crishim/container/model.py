@@ -82,6 +82,7 @@ class ContainerSpec:
     stdin: bool = False
     stdin_once: bool = False
     tty: bool = False
+    stop_signal: str = ""  # overrides the image's StopSignal
     resources: Resources = field(default_factory=Resources)
     security: SecurityContext = field(default_factory=SecurityContext)
 
@@ -120,6 +121,10 @@ class Container:
     conmon_pid: int = 0
     stop_signal: str = "SIGTERM"
     rootfs: str = ""
+    # The user the process runs as, resolved at creation.
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,8 +176,7 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Env]:
-    # conmon's attach sockets live under the run dir: keep it short (sun_path is 108 bytes).
-    run_dir = Path(tempfile.mkdtemp(prefix="crishim-t", dir="/run"))
+    run_dir = tmp_path / "run"
     e = Env(tmp_path / "containers", run_dir, OverlayProvider(busybox_rootfs))
     try:
         yield e
@@ -190,7 +188,6 @@ async def env(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Env]:
                     await mgr.remove(c.id)
         for mgr in e.managers:
             await mgr.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ async def any_pod(request: pytest.FixtureRequest, env: Env, tmp_path: Path) -> A
 
 async def started(env: Env, pod: Pod, name: str, script: str, **kwargs: object) -> str:
     mgr = env.managers[-1]
-    c = await mgr.create(pod.sandbox, spec(name, script, **kwargs), IMAGE)  # type: ignore[arg-type]
+    c = await mgr.create(pod.sandbox, spec(name, script, **kwargs), IMAGE)
     await mgr.start(c.id)
     return c.id
 

@@ -9,7 +9,6 @@ import pytest
 
 from crishim.image import ImageManager
 
-pytest_plugins = ["tests.image_fixtures"]
 
 
 @pytest.fixture

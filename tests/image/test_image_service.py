@@ -34,7 +34,7 @@ async def stub(tmp_path: Path, manager: ImageManager) -> AsyncIterator[Any]:
     try:
         yield api_pb2_grpc.ImageServiceStub(channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(None)
 
 

@@ -46,3 +46,19 @@ async def test_bad_archives(tmp_path: Path, manager: ImageManager) -> None:
         with pytest.raises(InvalidArgument, match=words):
             await manager.import_archive(path)
     assert manager.list() == []
+
+
+def test_cli_import_command(tmp_path: Path, test_images: TestImages) -> None:
+    import sys
+
+    from tests.harness import REPO
+    archive = tmp_path / "oci.tar"
+    run(["skopeo", "copy", "--quiet", f"oci:{test_images.layout}:1",
+         f"oci-archive:{archive}:example.test/cli:1"])
+    state = tmp_path / "state"
+    result = run([sys.executable, "-m", "crishim", "--state-dir", str(state), "images", "import",
+                  str(archive)], cwd=REPO)
+    assert result.stdout.split() == [test_images.busybox.id, "example.test/cli:1"]
+    missing = run([sys.executable, "-m", "crishim", "--state-dir", str(state), "images", "import",
+                   str(tmp_path / "nope.tar")], cwd=REPO, check=False)
+    assert missing.returncode == 1 and "nope.tar" in missing.stderr

@@ -38,8 +38,25 @@ async def test_overlay_rootfs_of_a_multilayer_image(tmp_path: Path, manager: Ima
     finally:
         await rootfs.unmount()
         await rootfs.unmount()
-    assert not os.path.ismount(rootfs.merged)
+    assert rootfs.merged.stat().st_dev == rootfs.upper_dir.parent.stat().st_dev  # unmounted
     await manager.release_rootfs("c1")
     await manager.release_rootfs("c1")
     assert not rootfs.upper_dir.exists()
     assert not any(d.exists() for d in rootfs.lower_dirs)
+
+
+async def test_prepared_rootfs_survives_restart(tmp_path: Path, manager: ImageManager,
+                                                test_images: TestImages) -> None:
+    record = await manager.pull(test_images.busybox.ref)
+    rootfs = await manager.prepare_rootfs(record.id, "c2", tmp_path / "c2")
+    await manager.remove(record.id)
+    await manager.close()
+    again = ImageManager(root=manager.store.root)
+    await again.start()
+    try:
+        assert all(d.is_dir() for d in rootfs.lower_dirs)
+        await again.release_rootfs("c2")
+        assert not any(d.exists() for d in rootfs.lower_dirs)
+        assert not rootfs.upper_dir.exists()
+    finally:
+        await again.close()

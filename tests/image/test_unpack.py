@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tests.image_fixtures import LayerBlob, entry, make_tar
 pytestmark = pytest.mark.root
 
 
-def unpack(tmp_path: Path, members: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]],
+def unpack(tmp_path: Path, members: Sequence[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]],
            gzipped: bool = True) -> Path:
     tar = make_tar(members)
     layer = LayerBlob.from_tar(tar)

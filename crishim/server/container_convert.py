@@ -1,0 +1,193 @@
+"""ContainerConfig <-> the container domain objects, and Container -> the CRI messages."""
+
+from __future__ import annotations
+
+import json
+
+from crishim.api.runtime.v1 import api_pb2
+from crishim.container.manager import ListFilter
+from crishim.container.model import (
+    Container,
+    ContainerSpec,
+    ContainerState,
+    Mount,
+    Resources,
+    SeccompKind,
+    SecurityContext,
+)
+from crishim.errors import InvalidArgument
+from crishim.sandbox.model import NamespaceMode
+
+STATES = {
+    ContainerState.CREATED: api_pb2.CONTAINER_CREATED,
+    ContainerState.RUNNING: api_pb2.CONTAINER_RUNNING,
+    ContainerState.EXITED: api_pb2.CONTAINER_EXITED,
+    ContainerState.UNKNOWN: api_pb2.CONTAINER_UNKNOWN,
+}
+_STATE_OF = {v: k for k, v in STATES.items()}
+_PROPAGATION = {
+    api_pb2.PROPAGATION_PRIVATE: "private",
+    api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+    api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
+}
+_PROPAGATION_OF = {v: k for k, v in _PROPAGATION.items()}
+_LEGACY_SECCOMP = {"": SeccompKind.UNCONFINED, "unconfined": SeccompKind.UNCONFINED,
+                   "runtime/default": SeccompKind.RUNTIME_DEFAULT,
+                   "docker/default": SeccompKind.RUNTIME_DEFAULT}
+LOCALHOST_PREFIX = "localhost/"
+
+
+def resources_from(res: api_pb2.LinuxContainerResources) -> Resources:
+    return Resources(
+        cpu_period=res.cpu_period, cpu_quota=res.cpu_quota, cpu_shares=res.cpu_shares,
+        memory_limit_in_bytes=res.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes=res.memory_swap_limit_in_bytes,
+        oom_score_adj=res.oom_score_adj, cpuset_cpus=res.cpuset_cpus, cpuset_mems=res.cpuset_mems,
+        hugepage_limits={h.page_size: h.limit for h in res.hugepage_limits},
+        unified=dict(res.unified),
+    )
+
+
+def resources_to(res: Resources) -> api_pb2.LinuxContainerResources:
+    return api_pb2.LinuxContainerResources(
+        cpu_period=res.cpu_period, cpu_quota=res.cpu_quota, cpu_shares=res.cpu_shares,
+        memory_limit_in_bytes=res.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes=res.memory_swap_limit_in_bytes,
+        oom_score_adj=res.oom_score_adj, cpuset_cpus=res.cpuset_cpus, cpuset_mems=res.cpuset_mems,
+        hugepage_limits=[api_pb2.HugepageLimit(page_size=k, limit=v)
+                         for k, v in res.hugepage_limits.items()],
+        unified=res.unified,
+    )
+
+
+def _seccomp(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[SeccompKind, str]:
+    """The structured field wins; the deprecated path is read when it is absent."""
+    if sc.HasField("seccomp"):
+        profile = sc.seccomp
+        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
+            if not profile.localhost_ref:
+                raise InvalidArgument("seccomp profile type Localhost needs localhost_ref")
+            return SeccompKind.LOCALHOST, profile.localhost_ref
+        if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
+            return SeccompKind.UNCONFINED, ""
+        return SeccompKind.RUNTIME_DEFAULT, ""
+    path = sc.seccomp_profile_path
+    if path.startswith(LOCALHOST_PREFIX):
+        return SeccompKind.LOCALHOST, path.removeprefix(LOCALHOST_PREFIX)
+    if path not in _LEGACY_SECCOMP:
+        raise InvalidArgument(f"unknown seccomp_profile_path {path!r}")
+    return _LEGACY_SECCOMP[path], ""
+
+
+def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
+    kind, path = _seccomp(sc)
+    if sc.capabilities.add_ambient_capabilities:
+        raise InvalidArgument("ambient capabilities are not supported")
+    options = sc.namespace_options
+    return SecurityContext(
+        privileged=sc.privileged,
+        add_capabilities=list(sc.capabilities.add_capabilities),
+        drop_capabilities=list(sc.capabilities.drop_capabilities),
+        readonly_rootfs=sc.readonly_rootfs,
+        no_new_privs=sc.no_new_privs,
+        run_as_user=sc.run_as_user.value if sc.HasField("run_as_user") else None,
+        run_as_username=sc.run_as_username,
+        run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
+        supplemental_groups=list(sc.supplemental_groups),
+        masked_paths=list(sc.masked_paths),
+        readonly_paths=list(sc.readonly_paths),
+        seccomp=kind,
+        seccomp_profile_path=path,
+        pid_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.pid)),
+        target_id=options.target_id,
+    )
+
+
+def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
+    if not config.metadata.name:
+        raise InvalidArgument("container config: metadata.name is required")
+    if not config.image.image:
+        raise InvalidArgument("container config: image.image is required")
+    if config.devices or config.CDI_devices:
+        raise InvalidArgument("container config: devices are not supported")
+    mounts = []
+    for m in config.mounts:
+        if m.HasField("image") and m.image.image:
+            raise InvalidArgument(f"mount {m.container_path!r}: image volumes are not supported")
+        if m.propagation not in _PROPAGATION:
+            raise InvalidArgument(f"mount {m.container_path!r}: unknown propagation {m.propagation}")
+        mounts.append(Mount(container_path=m.container_path, host_path=m.host_path,
+                            readonly=m.readonly, propagation=_PROPAGATION[m.propagation]))
+    stop_signal = ""
+    if config.stop_signal != api_pb2.RUNTIME_DEFAULT:
+        stop_signal = api_pb2.Signal.Name(config.stop_signal)
+    return ContainerSpec(
+        name=config.metadata.name,
+        attempt=config.metadata.attempt,
+        image=config.image.user_specified_image or config.image.image,
+        command=list(config.command),
+        args=list(config.args),
+        working_dir=config.working_dir,
+        envs=[(kv.key, kv.value) for kv in config.envs],
+        mounts=mounts,
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        log_path=config.log_path,
+        stdin=config.stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
+        stop_signal=stop_signal,
+        resources=resources_from(config.linux.resources),
+        security=_security(config.linux.security_context),
+    )
+
+
+def filter_from(flt: api_pb2.ContainerFilter) -> ListFilter:
+    state = None
+    if flt.HasField("state"):
+        state = _STATE_OF.get(flt.state.state)
+    return ListFilter(id_prefix=flt.id, state=state, sandbox_id=flt.pod_sandbox_id,
+                      labels=dict(flt.label_selector))
+
+
+def _metadata(c: Container) -> api_pb2.ContainerMetadata:
+    return api_pb2.ContainerMetadata(name=c.spec.name, attempt=c.spec.attempt)
+
+
+def to_container(c: Container) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=c.id, pod_sandbox_id=c.sandbox_id, metadata=_metadata(c),
+        image=api_pb2.ImageSpec(image=c.spec.image), image_ref=c.image_id, image_id=c.image_id,
+        state=STATES[c.state], created_at=c.created_at, labels=c.spec.labels,
+        annotations=c.spec.annotations)
+
+
+def _signal(name: str) -> str:
+    """The CRI enum's name for a signal (`TERM`, `SIGTERM`); numbers map to RUNTIME_DEFAULT."""
+    full = name if name.startswith("SIG") else f"SIG{name}"
+    return full if full in api_pb2.Signal.keys() else "RUNTIME_DEFAULT"  # noqa: SIM118
+
+
+def to_status(c: Container) -> api_pb2.ContainerStatus:
+    return api_pb2.ContainerStatus(
+        id=c.id, metadata=_metadata(c), state=STATES[c.state], created_at=c.created_at,
+        started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
+        image=api_pb2.ImageSpec(image=c.spec.image), image_ref=c.image_id, image_id=c.image_id,
+        reason=c.reason, message=c.message, labels=c.spec.labels,
+        annotations=c.spec.annotations,
+        mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path,
+                              readonly=m.readonly, propagation=_PROPAGATION_OF[m.propagation])
+                for m in c.spec.mounts],
+        log_path=c.log_path,
+        resources=api_pb2.ContainerResources(linux=resources_to(c.spec.resources)),
+        user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
+            uid=c.uid, gid=c.gid, supplemental_groups=[c.gid, *c.additional_gids])),
+        stop_signal=_signal(c.stop_signal),
+    )
+
+
+def verbose_info(c: Container) -> dict[str, str]:
+    return {"info": json.dumps({
+        "pid": c.pid, "conmonPid": c.conmon_pid, "runtimeHandler": c.runtime_handler,
+        "bundle": c.dir, "rootfs": c.rootfs, "sandboxID": c.sandbox_id,
+    })}

@@ -1,0 +1,25 @@
+"""CreateContainer: the pod and the image must exist; the container starts in CREATED."""
+
+from typing import Any
+
+from crishim.api.runtime.v1 import api_pb2
+from crishim.errors import FailedPrecondition, NotFound
+from crishim.sandbox.model import SandboxState
+from crishim.server.base import ServicerBase
+from crishim.server.container_convert import spec_from_config
+
+
+class ContainerCreateMixin(ServicerBase):
+    async def CreateContainer(self, request: api_pb2.CreateContainerRequest,
+                              context: Any) -> api_pb2.CreateContainerResponse:
+        sandbox = self.runtime.sandboxes.get(request.pod_sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is {sandbox.state}, not READY")
+        spec = spec_from_config(request.config)
+        image = self.runtime.images.get(request.config.image.image)
+        if image is None:
+            raise NotFound(f"image {request.config.image.image!r} not found: pull it first")
+        container = await self.runtime.containers.create(sandbox, spec, image)
+        return api_pb2.CreateContainerResponse(container_id=container.id)
