@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve the CRI socket")
     sub.add_parser("doctor", help="show which CNI network is used and why others were skipped")
+    inspect = sub.add_parser("inspect", help="show a pod's state and its network set-up timeline")
+    inspect.add_argument("pod", help="sandbox id, id prefix, name or namespace/name")
     images = sub.add_parser("images", help="manage the image store").add_subparsers(
         dest="images_command", required=True)
     importer = images.add_parser("import", help="load an OCI layout or `docker save` archive")
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "images":
         return asyncio.run(_import_images(config, args.archive))
+    if args.command == "inspect":
+        from crishim.telemetry.inspect import inspect
+
+        return inspect(config, args.pod)
     if args.command == "doctor":
         from crishim.network.doctor import doctor
 

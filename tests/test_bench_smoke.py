@@ -13,7 +13,8 @@ from tests.harness import REPO
 
 pytestmark = pytest.mark.root
 
-SECTIONS = ("config", "environment", "floor", "crishim", "ratios", "scale", "containers", "targets", "cleanup")
+SECTIONS = ("config", "environment", "floor", "crishim", "ratios", "scale", "containers", "targets",
+            "cleanup")
 LEVELS = ("1", "8", "32")
 
 

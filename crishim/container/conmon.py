@@ -120,7 +120,7 @@ async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, 
         if start_read >= 0:
             os.close(start_read)
     if msg is None or msg.get("data", -1) < 0:
-        detail = (msg or {}).get("message") or "conmon exited without a reason"
+        detail = str((msg or {}).get("message") or "conmon exited without a reason").strip()
         raise OCIRuntimeError(f"{handler.name} create {container_id}: {detail}")
     conmon_pid = int(await asyncio.to_thread(Path(conmon_pid_file).read_text))
     return int(msg["data"]), conmon_pid

@@ -23,7 +23,13 @@ from crishim.container import conmon as conmon_mod
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.model import Container, ContainerSpec, ContainerState, Resources, SeccompKind
 from crishim.container.oci import OCIRuntimeError, RuntimeHandler
-from crishim.container.ocispec import SpecInputs, build_spec, exec_process, linux_resources
+from crishim.container.ocispec import (
+    SpecInputs,
+    build_spec,
+    exec_process,
+    infra_spec,
+    linux_resources,
+)
 from crishim.container.users import read_user_files, resolve_user
 from crishim.errors import (
     AlreadyExists,
@@ -85,7 +91,8 @@ class ListFilter:
 class ContainerManager:
     def __init__(self, root: Path, run_dir: Path, runtimes: dict[str, RuntimeHandler],
                  conmon_path: str, rootfs: RootfsProvider, default_handler: str = "runc",
-                 exec_output_limit: int = EXEC_OUTPUT_LIMIT) -> None:
+                 exec_output_limit: int = EXEC_OUTPUT_LIMIT,
+                 infra_binary: str = "/bin/busybox") -> None:
         if default_handler not in runtimes:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
         self.root = root
@@ -94,6 +101,8 @@ class ContainerManager:
         self.default_handler = default_handler
         self.conmon = Conmon(conmon_path, str(run_dir / "sock"))
         self.exec_output_limit = exec_output_limit
+        # A static busybox: PID 1 of pod-wide PID namespaces (see ocispec.infra_spec).
+        self.infra_binary = infra_binary
         self._rootfs = rootfs
         self._containers: dict[str, Container] = {}
         self._names: dict[tuple[str, str, int], str] = {}
@@ -101,6 +110,7 @@ class ContainerManager:
         self._exited: dict[str, asyncio.Event] = {}
         self._pidfds: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._installed = False
 
     @property
     def exit_dir(self) -> Path:
@@ -110,10 +120,17 @@ class ContainerManager:
     def exec_dir(self) -> Path:
         return self.run_dir / "exec"
 
+    async def _install(self) -> None:
+        """Directories and runtime wrappers, once per process (recover() normally does it)."""
+        if not self._installed:
+            await asyncio.to_thread(self._dirs)
+            self._installed = True
+
     def _dirs(self) -> None:
-        for d in (self.root, self.exit_dir, self.exec_dir, Path(self.conmon.socket_dir),
-                  *(Path(h.root) for h in self.runtimes.values())):
+        for d in (self.root, self.exit_dir, self.exec_dir, Path(self.conmon.socket_dir)):
             d.mkdir(parents=True, exist_ok=True)
+        for handler in self.runtimes.values():
+            handler.install()
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -127,14 +144,18 @@ class ContainerManager:
         return c
 
     def containers_of(self, sandbox_id: str) -> list[Container]:
-        return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
+        return [c for c in self._containers.values() if c.sandbox_id == sandbox_id and not c.infra]
+
+    def _infra_of(self, sandbox_id: str) -> Container | None:
+        return next((c for c in self._containers.values()
+                     if c.infra and c.sandbox_id == sandbox_id), None)
 
     def image_in_use(self, image_id: str) -> bool:
         return any(c.image_id == image_id for c in self._containers.values())
 
     def list_containers(self, flt: ListFilter | None = None) -> list[Container]:
         flt = flt or ListFilter()
-        return [replace(c) for c in self._containers.values() if flt.matches(c)]
+        return [replace(c) for c in self._containers.values() if not c.infra and flt.matches(c)]
 
     async def status(self, container_id: str) -> Container:
         c = self._require(container_id)
@@ -159,7 +180,7 @@ class ContainerManager:
         self._names[key] = cid
         cdir = self.root / cid
         try:
-            await asyncio.to_thread(self._dirs)
+            await self._install()
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             await rootfs.mount()
@@ -182,17 +203,16 @@ class ContainerManager:
                             group=group)
         inputs = SpecInputs(
             container_id=cid, rootfs=rootfs, user=user, image_config=image.config,
-            cgroups_path=f"{(sandbox.spec.cgroup_parent or '/crishim').rstrip('/')}/{cid}",
+            cgroups_path=_cgroups_path(sandbox, cid),
             oom_score_adj_floor=await asyncio.to_thread(_own_oom_score_adj),
             localhost_seccomp=await self._localhost_profile(spec),
-            target_pid=self._target_pid(sandbox, spec),
+            target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
         )
         oci = build_spec(spec, sandbox, inputs)
         log_path = ""
         if sandbox.spec.log_directory and spec.log_path:
             log_path = os.path.join(sandbox.spec.log_directory, spec.log_path)
         await asyncio.to_thread(_prepare_host_paths, spec, log_path)
-        await asyncio.to_thread(write_json_atomic, cdir / "config.json", oci)
         c = Container(
             id=cid, sandbox_id=sandbox.id, spec=spec, image_id=image.id,
             runtime_handler=handler.name, dir=str(cdir), log_path=log_path,
@@ -200,14 +220,59 @@ class ContainerManager:
             stop_signal=spec.stop_signal or str(image.config.get("StopSignal") or "SIGTERM"),
             uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids),
         )
-        self._containers[cid] = c
+        await self._launch(c, oci, handler)
+        log.info("container created", extra={"container": cid, "name": spec.name,
+                                              "sandbox": sandbox.id, "pid": c.pid})
+        return c
+
+    async def _launch(self, c: Container, oci: dict[str, Any], handler: RuntimeHandler) -> None:
+        """Write the bundle and the record, then have conmon run `runtime create`."""
+        await asyncio.to_thread(write_json_atomic, Path(c.dir) / "config.json", oci)
+        self._containers[c.id] = c
         await self._save(c)
         c.pid, c.conmon_pid = await conmon_mod.create(
-            self.conmon, handler, container_id=cid, name=spec.name, bundle=str(cdir),
-            log_path=log_path or str(cdir / "console.log"), exit_dir=str(self.exit_dir),
-            stdin=spec.stdin, tty=spec.tty)
+            self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
+            log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
+            stdin=c.spec.stdin, tty=c.spec.tty)
         await self._save(c)
         self._watch(c)
+
+    async def _pid_namespace_owner(self, sandbox: Sandbox, spec: ContainerSpec,
+                                   handler: RuntimeHandler) -> int:
+        """The pid whose PID namespace the container joins (0: a new one or the host's)."""
+        mode = spec.security.pid_mode
+        if mode == NamespaceMode.TARGET:
+            return self._target_pid(sandbox, spec)
+        if mode != NamespaceMode.POD:
+            return 0
+        async with self._lock(f"infra-{sandbox.id}"):
+            infra = self._infra_of(sandbox.id)
+            if infra is not None:
+                await self._refresh(infra)
+                if infra.state == ContainerState.RUNNING:
+                    return infra.pid
+                await self.remove(infra.id)
+            return (await self._start_infra(sandbox, handler)).pid
+
+    async def _start_infra(self, sandbox: Sandbox, handler: RuntimeHandler) -> Container:
+        cid = secrets.token_hex(32)
+        cdir = self.root / cid
+        rootfs = cdir / "rootfs"
+        try:
+            await asyncio.to_thread(rootfs.mkdir, mode=0o700, parents=True)
+            oci = infra_spec(sandbox, str(rootfs), _cgroups_path(sandbox, cid), self.infra_binary,
+                             await asyncio.to_thread(_own_oom_score_adj))
+            c = Container(id=cid, sandbox_id=sandbox.id, spec=ContainerSpec(name="infra"),
+                          image_id="", runtime_handler=handler.name, dir=str(cdir), log_path="",
+                          created_at=time.time_ns(), rootfs=str(rootfs), infra=True)
+            await self._launch(c, oci, handler)
+            await self.start(cid)
+        except BaseException:
+            self._containers.pop(cid, None)
+            with contextlib.suppress(Exception):
+                await self._remove_files(cid, cdir, handler)
+            raise
+        log.info("pod infra process started", extra={"sandbox": sandbox.id, "pid": c.pid})
         return c
 
     async def _localhost_profile(self, spec: ContainerSpec) -> dict[str, Any] | None:
@@ -295,22 +360,30 @@ class ContainerManager:
             await self._remove_files(c.id, Path(c.dir), self.runtimes[c.runtime_handler])
             self._unwatch(c.id)
             self._containers.pop(c.id, None)
-            self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
+            if not c.infra:
+                self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
             self._exited.pop(c.id, None)
         self._locks.pop(c.id, None)
 
     async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler) -> None:
         await handler.delete(cid)
         await self._rootfs.release_rootfs(cid)
-
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
 
     async def stop_all(self, sandbox_id: str, grace: float = 0) -> None:
+        """Stop the pod's containers, then its infra process (which ends their PID namespace)."""
         await asyncio.gather(*(self.stop(c.id, grace) for c in self.containers_of(sandbox_id)))
+        infra = self._infra_of(sandbox_id)
+        if infra is not None:
+            await self.stop(infra.id, 0)
 
     async def remove_all(self, sandbox_id: str) -> None:
         await asyncio.gather(*(self.remove(c.id) for c in self.containers_of(sandbox_id)))
+        infra = self._infra_of(sandbox_id)
+        if infra is not None:
+            await self.remove(infra.id)
+        self._locks.pop(f"infra-{sandbox_id}", None)
 
     # ---- exec, resources, logs -----------------------------------------------------------------
 
@@ -325,7 +398,7 @@ class ContainerManager:
         # A bundle dir of its own: conmon creates its ctl/winsz FIFOs there and must not replace
         # the container monitor's.
         work = self.exec_dir / exec_id
-        await asyncio.to_thread(self._dirs)
+        await self._install()
         await asyncio.to_thread(work.mkdir)
         try:
             await asyncio.to_thread(write_json_atomic, work / "process.json", process)
@@ -399,6 +472,8 @@ class ContainerManager:
         c.reason = "OOMKilled" if oom else ("Completed" if c.exit_code == 0 else "Error")
         c.pid = 0
         await self._save(c)
+        log.info("container exited", extra={"container": c.id, "exit_code": c.exit_code,
+                                             "reason": c.reason})
         self._exited.setdefault(c.id, asyncio.Event()).set()
         try:
             await self.runtimes[c.runtime_handler].delete(c.id)
@@ -435,7 +510,7 @@ class ContainerManager:
 
     async def recover(self) -> None:
         """Load the records an earlier crishim left and pick up its containers where they are."""
-        await asyncio.to_thread(self._dirs)
+        await self._install()
         records = await asyncio.to_thread(_load_records, self.root)
         for c in records:
             if c.runtime_handler not in self.runtimes:
@@ -443,7 +518,8 @@ class ContainerManager:
                             extra={"container": c.id, "handler": c.runtime_handler})
                 continue
             self._containers[c.id] = c
-            self._names[(c.sandbox_id, c.spec.name, c.spec.attempt)] = c.id
+            if not c.infra:
+                self._names[(c.sandbox_id, c.spec.name, c.spec.attempt)] = c.id
             if c.state == ContainerState.EXITED:
                 continue
             if c.conmon_pid and await asyncio.to_thread(_is_conmon_of, c.conmon_pid, c.id):
@@ -458,6 +534,11 @@ class ContainerManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _cgroups_path(sandbox: Sandbox, container_id: str) -> str:
+    """cgroupfs path below the pod's parent (`/crishim` when kubelet gave none)."""
+    return f"{(sandbox.spec.cgroup_parent or '/crishim').rstrip('/')}/{container_id}"
 
 
 def _own_oom_score_adj() -> int:

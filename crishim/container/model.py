@@ -125,6 +125,8 @@ class Container:
     uid: int = 0
     gid: int = 0
     additional_gids: list[int] = field(default_factory=list)
+    # The pod's hidden PID 1 for a pod-wide PID namespace, not a CRI container.
+    infra: bool = False
 
     @property
     def name(self) -> str:

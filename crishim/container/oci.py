@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,19 @@ class RuntimeHandler:
     binary: str
     root: str
     timeout: float = 60.0
+    # Script to install at `binary` before first use ("" when `binary` is the runtime itself).
+    wrapper: str = ""
+
+    def install(self) -> None:
+        """Blocking: create the state root and write the wrapper script, if any."""
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        if self.wrapper:
+            path = Path(self.binary)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(self.wrapper)
+            tmp.chmod(0o755)
+            os.replace(tmp, path)
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.root, *args]
@@ -100,17 +114,14 @@ def hybrid_cgroups() -> bool:
 
 
 def make_runtimes(run_dir: Path, runc_path: str, crun_path: str) -> dict[str, RuntimeHandler]:
-    """Blocking (start-up only): the handlers by name; crun goes through a wrapper on hybrid hosts."""
+    """The handlers by name; on hybrid cgroup hosts crun runs through a wrapper (installed by the
+    container manager at start-up)."""
     handlers = {"runc": RuntimeHandler("runc", runc_path, str(run_dir / "runc"))}
-    crun = crun_path
     if hybrid_cgroups():
-        wrapper = run_dir / "crun-wrapper"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        text = CRUN_WRAPPER.format(unshare="/usr/bin/unshare", crun=crun_path)
-        tmp = wrapper.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, wrapper)
-        crun = str(wrapper)
-    handlers["crun"] = RuntimeHandler("crun", crun, str(run_dir / "crun"))
+        wrapper = CRUN_WRAPPER.format(unshare=shutil.which("unshare") or "/usr/bin/unshare",
+                                      crun=crun_path)
+        handlers["crun"] = RuntimeHandler("crun", str(run_dir / "crun-wrapper"),
+                                          str(run_dir / "crun"), wrapper=wrapper)
+    else:
+        handlers["crun"] = RuntimeHandler("crun", crun_path, str(run_dir / "crun"))
     return handlers

@@ -60,7 +60,8 @@ class SpecInputs:
     oom_score_adj_floor: int = 0
     # The parsed profile file for SeccompKind.LOCALHOST.
     localhost_seccomp: dict[str, Any] | None = None
-    # PID of the target container's init for NamespaceMode.TARGET.
+    # PID whose PID namespace a TARGET container (the target's init) or a POD container (the pod's
+    # infra process) joins.
     target_pid: int = 0
 
 
@@ -219,12 +220,12 @@ def namespaces(spec: ContainerSpec, sandbox: Sandbox, target_pid: int) -> list[d
     mode = spec.security.pid_mode
     if mode == NamespaceMode.CONTAINER:
         result.append({"type": "pid"})
-    elif mode == NamespaceMode.TARGET:
+    elif mode in (NamespaceMode.TARGET, NamespaceMode.POD):
         if target_pid <= 0:
-            raise FailedPrecondition(f"target container {spec.security.target_id!r} is not running")
+            owner = (f"target container {spec.security.target_id!r}"
+                     if mode == NamespaceMode.TARGET else f"pod {sandbox.id}'s infra process")
+            raise FailedPrecondition(f"{owner} is not running")
         result.append({"type": "pid", "path": f"/proc/{target_pid}/ns/pid"})
-    elif mode == NamespaceMode.POD:
-        raise InvalidArgument("a pod-wide PID namespace (shareProcessNamespace) is not supported yet")
     return result
 
 
@@ -291,6 +292,46 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
     if hostname:
         result["hostname"] = hostname
     return result
+
+
+# PID 1 of a pod-wide PID namespace: waits for TERM and reaps whatever is reparented to it.
+INFRA_SCRIPT = "trap 'exit 0' TERM; while :; do sleep 2147483647 & wait $!; done"
+INFRA_BINARY = "/busybox"  # busybox picks the applet from argv[1] only under this name
+
+
+def infra_spec(sandbox: Sandbox, rootfs: str, cgroups_path: str, binary: str,
+               oom_score_adj_floor: int) -> dict[str, Any]:
+    """The pod's infra process for shareProcessNamespace, as CRI-O runs one: a static busybox shell
+    bind-mounted into an empty read-only root, in the pod's namespaces and a new PID namespace."""
+    spec = ContainerSpec(name="infra", command=[INFRA_BINARY, "sh", "-c", INFRA_SCRIPT])
+    namespace_list = namespaces(spec, sandbox, 0)
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": False, "user": {"uid": 0, "gid": 0}, "args": spec.command,
+            "env": [f"PATH={DEFAULT_PATH}"], "cwd": "/",
+            "capabilities": {"bounding": [], "effective": [], "permitted": []},
+            "noNewPrivileges": True, "oomScoreAdj": oom_score_adj_floor,
+        },
+        "root": {"path": rootfs, "readonly": True},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": INFRA_BINARY, "type": "bind", "source": binary,
+             "options": ["rbind", "rprivate", "ro"]},
+        ],
+        "annotations": {"io.kubernetes.cri.container-type": "sandbox",
+                        "io.kubernetes.cri.sandbox-id": sandbox.id},
+        "linux": {
+            "namespaces": namespace_list,
+            "cgroupsPath": cgroups_path,
+            "resources": linux_resources(Resources()),
+            "maskedPaths": DEFAULT_MASKED_PATHS,
+            "readonlyPaths": DEFAULT_READONLY_PATHS,
+        },
+    }
 
 
 def exec_process(container_process: dict[str, Any], cmd: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
 from crishim.image.store import INDEX_VERSION, Store, sha256_digest, write_atomic
 from crishim.image.unpack import DiskUsage, disk_usage, unpack_layer
+from crishim.telemetry import observe_pull
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,7 @@ class ImageManager:
 
     async def pull(self, ref: str, auth: RegistryAuth | None = None) -> ImageRecord:
         """Fetch `ref` from its registry (mirrors first) and store it under that name."""
+        started = time.perf_counter()
         parsed = reference.parse(ref)
         host = await asyncio.to_thread(load_host_config, self.registry_config_dir, parsed.domain)
         failures: list[CrishimError] = []
@@ -300,7 +303,9 @@ class ImageManager:
                 raise
             finally:
                 await client.aclose()
-            return await self._commit(content, parsed)
+            record = await self._commit(content, parsed)
+            observe_pull(time.perf_counter() - started, record.size)
+            return record
         await self._collect()
         last = failures[-1]
         detail = "; ".join(str(f) for f in failures)

@@ -23,6 +23,7 @@ from crishim.network.podnet import POD_IFNAME, Attachment
 from crishim.network.rwlock import RWLock
 from crishim.network.watch import DirWatcher
 from crishim.sandbox.model import PluginTiming
+from crishim.telemetry import observe_cni_call
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class LoadState:
 
 
 def _record_call(call: cni.PluginCall) -> None:
+    observe_cni_call(call)
     timeline = _timeline.get()
     if timeline is not None:
         timeline.append(PluginTiming(verb=call.verb, plugin_type=call.plugin_type,

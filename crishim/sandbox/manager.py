@@ -28,7 +28,7 @@ from crishim.errors import NetworkError, NotFound, Unavailable
 from crishim.network import podnet
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.files import release_pod_files, write_pod_files
-from crishim.sandbox.model import Sandbox, SandboxSpec, SandboxState
+from crishim.sandbox.model import PluginTiming, Sandbox, SandboxSpec, SandboxState
 from crishim.sandbox.namespaces import (
     PodNamespaces,
     apply_sysctls,
@@ -181,7 +181,10 @@ class SandboxManager:
 
     async def _set_up(self, sandbox: Sandbox) -> None:
         spec = sandbox.spec
+        started, clock = time.time(), time.perf_counter()
         await pin_namespaces(self.namespaces(sandbox), spec.hostname or spec.name)
+        sandbox.timeline.append(PluginTiming(verb="PIN", plugin_type="namespaces", started=started,
+                                             duration=time.perf_counter() - clock))
         await asyncio.to_thread(write_pod_files, sandbox, self._node_hostname)
         if not spec.host_network:
             net, result = await self.network.set_up(

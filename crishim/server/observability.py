@@ -1,3 +1,10 @@
-"""The stats, events and metrics RPC families, one module each."""
+"""The stats, events, metrics and list-streaming RPC families, one module each."""
 
-ObservabilityMixins: tuple[type, ...] = ()
+from crishim.server.container_events import ContainerEventsMixin
+from crishim.server.container_stats import ContainerStatsMixin
+from crishim.server.list_streaming import ListStreamingMixin
+from crishim.server.metrics_rpc import MetricsMixin
+from crishim.server.sandbox_stats import SandboxStatsMixin
+
+ObservabilityMixins: tuple[type, ...] = (ContainerStatsMixin, SandboxStatsMixin, MetricsMixin,
+                                         ContainerEventsMixin, ListStreamingMixin)

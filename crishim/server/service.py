@@ -27,6 +27,7 @@ from crishim.server.sandboxes import SandboxMixins
 from crishim.server.status import StatusMixin
 from crishim.server.streaming import StreamingMixins
 from crishim.server.version import VersionMixin
+from crishim.telemetry import observe_rpc
 
 log = logging.getLogger("crishim.rpc")
 
@@ -73,21 +74,27 @@ def _unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
                 raise
             await _abort_for(exc, method, context)
         finally:
-            log.debug("rpc", extra={"method": method, "code": code,
-                                    "ms": round((time.perf_counter() - start) * 1000, 3)})
+            elapsed = time.perf_counter() - start
+            observe_rpc(method, code, elapsed)
+            log.debug("rpc", extra={"method": method, "code": code, "ms": round(elapsed * 1000, 3)})
 
     return handler
 
 
 def _stream(method: str, fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        code = "OK"
         try:
             async for item in fn(request, context):
                 yield item
         except Exception as exc:
+            code = status_for(exc).name
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort_for(exc, method, context)
+        finally:
+            observe_rpc(method, code, time.perf_counter() - start)
 
     return handler
 

@@ -131,7 +131,8 @@ class CgroupReader:
             memory_limit=_limit(_int(mem / "memory.limit_in_bytes")),
             page_faults=stat.get("total_pgfault"),
             major_page_faults=stat.get("total_pgmajfault"),
-            swap_usage=memsw - usage if memsw is not None and usage is not None else None,
+            # Two files read at different instants: the difference can dip below zero.
+            swap_usage=max(memsw - usage, 0) if memsw is not None and usage is not None else None,
             swap_limit=_limit(_int(mem / "memory.memsw.limit_in_bytes")),
             processes=pids if pids is not None else _count_procs(self._dir("cpuacct", relative)),
         )

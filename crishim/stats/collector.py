@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from crishim.container.model import Container
-from crishim.sandbox.model import Sandbox
+from crishim.sandbox.model import Sandbox, SandboxState
 from crishim.stats.cgroups import CgroupReader, CgroupStats, cgroup_of
 from crishim.stats.cpu import CpuRates
 from crishim.stats.fsusage import FsUsage, dir_usage
@@ -54,13 +53,17 @@ def _sum(samples: list[CgroupStats]) -> CgroupStats | None:
     """A pod without its own cgroup: add up its containers' figures (limits are not additive)."""
     if not samples:
         return None
-    totals: dict[str, int | None] = {}
-    for f in dataclasses.fields(CgroupStats):
-        if f.name in ("timestamp", "memory_limit", "swap_limit"):
-            continue
-        values = [getattr(s, f.name) for s in samples if getattr(s, f.name) is not None]
-        totals[f.name] = sum(values) if values else None
-    return CgroupStats(timestamp=max(s.timestamp for s in samples), **totals)  # type: ignore[arg-type]
+
+    def total(name: str) -> int | None:
+        values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
+        return sum(values) if values else None
+
+    return CgroupStats(
+        timestamp=max(s.timestamp for s in samples), cpu_usage_ns=total("cpu_usage_ns"),
+        memory_usage=total("memory_usage"), memory_working_set=total("memory_working_set"),
+        memory_rss=total("memory_rss"), page_faults=total("page_faults"),
+        major_page_faults=total("major_page_faults"), swap_usage=total("swap_usage"),
+        processes=total("processes"))
 
 
 class StatsCollector:
@@ -97,7 +100,7 @@ class StatsCollector:
         own = await asyncio.to_thread(self.reader.read, parent) if parent else None
         stats = own or _sum([s.cgroup for s in samples if s.cgroup is not None])
         interfaces: list[InterfaceCounters] = []
-        if sandbox.netns_path:
+        if sandbox.netns_path and sandbox.state == SandboxState.READY:
             with contextlib.suppress(OSError):  # the pod's namespace went away while we looked
                 interfaces = await read_pod_interfaces(sandbox.netns_path)
         return PodSample(sandbox=sandbox, timestamp=time.time_ns(), cgroup=stats,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -53,13 +54,16 @@ class MetricsServer:
             raise RuntimeError("the metrics endpoint is not running")
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
-        if not self.address:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on the configured address, or on `sock` when given (made in another namespace)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, limit=_MAX_HEADER_BYTES)
+        elif self.address:
+            host, port = parse_address(self.address)
+            self._server = await asyncio.start_server(self._handle, host, port, limit=_MAX_HEADER_BYTES)
+        else:
             return
-        host, port = parse_address(self.address)
-        self._server = await asyncio.start_server(self._handle, host, port,
-                                                  limit=_MAX_HEADER_BYTES)
-        log.info("metrics endpoint listening", extra={"address": f"{host}:{self.port}"})
+        log.info("metrics endpoint listening", extra={"address": self._server.sockets[0].getsockname()})
 
     async def close(self) -> None:
         if self._server is not None:

@@ -94,8 +94,8 @@ class _StateCounts(Collector):
         self.sources: dict[str, StateSource] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for kind, source in sorted(self.sources.items()):
-            family = GaugeMetricFamily(f"crishim_{kind}s", f"Number of {kind}s crishim knows, by state.",
+        for objects, source in sorted(self.sources.items()):
+            family = GaugeMetricFamily(f"crishim_{objects}", f"Number of {objects} crishim knows, by state.",
                                        labels=["state"])
             for state, count in sorted(Tally(source()).items()):
                 family.add_metric([state], count)
@@ -106,6 +106,7 @@ _STATE_COUNTS = _StateCounts()
 REGISTRY.register(_STATE_COUNTS)
 
 
-def track_states(kind: str, source: StateSource) -> None:
-    """Export `crishim_<kind>s{state=...}` from `source`, which yields one state per object."""
-    _STATE_COUNTS.sources[kind] = source
+def track_states(objects: str, source: StateSource) -> None:
+    """Export `crishim_<objects>{state=...}` ("sandboxes", "containers") from `source`, which yields one
+    state per object."""
+    _STATE_COUNTS.sources[objects] = source

@@ -12,14 +12,17 @@ import pytest
 from crishim.container.conmon import read_cri_log
 from crishim.container.manager import ContainerManager, ListFilter
 from crishim.container.model import (
+    ContainerSpec,
     ContainerState,
     Mount,
     Resources,
     SeccompKind,
     SecurityContext,
 )
+from crishim.container.oci import OCIRuntimeError
 from crishim.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument
-from tests.container.conftest import (
+from crishim.sandbox.model import NamespaceMode
+from tests.container.ctrutil import (
     IMAGE,
     Env,
     Image,
@@ -78,6 +81,16 @@ async def test_exit_codes_and_cri_log(env: Env, any_pod: Pod) -> None:
     assert ("stdout", "P", "partial") in lines
     st = await mgr.status(bad)
     assert (st.exit_code, st.reason) == (3, "Error")
+
+
+async def test_tty_and_stdin(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, pod, "tty", "tty; echo done", tty=True, stdin=True)
+    await finished(mgr, cid)
+    st = await mgr.status(cid)
+    texts = [text for stream, _, text in log_lines(st.log_path) if stream == "stdout"]
+    assert st.exit_code == 0 and texts[0].startswith("/dev/pts/") and "done" in texts[-1]
 
 
 async def test_stop_grace_then_kill(env: Env, any_pod: Pod) -> None:
@@ -218,6 +231,27 @@ async def test_two_containers_share_loopback(env: Env, pod: Pod) -> None:
     await mgr.stop(server, 0)
 
 
+async def test_pod_pid_namespace(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    shared = SecurityContext(pid_mode=NamespaceMode.POD)
+    first = await started(env, any_pod, "first", "exec sleep 12345", security=shared)
+    second = await started(env, any_pod, "second", FOREVER, security=shared)
+    ps = (await mgr.exec_sync(second, ["ps", "-o", "pid,args"], 10)).stdout.decode()
+    assert "sleep 12345" in ps
+    pid1 = (await mgr.exec_sync(second, ["cat", "/proc/1/cmdline"], 10)).stdout
+    assert pid1.startswith(b"/busybox\0sh\0-c\0")  # the pod's infra shell is PID 1
+    assert [c.spec.name for c in mgr.list_containers()] == ["first", "second"]
+    await mgr.stop_all(any_pod.sandbox.id, 1)
+    assert (await mgr.status(first)).state == ContainerState.EXITED
+    await mgr.remove_all(any_pod.sandbox.id)
+    assert run(["ip", "netns", "pids", any_pod.netns]).stdout.split() == []
+    assert os.listdir(env.state) == []
+    assert os.listdir(env.run_dir / "exits") == []
+    parent = Path("/sys/fs/cgroup/memory", any_pod.sandbox.spec.cgroup_parent.lstrip("/"))
+    assert [p for p in await asyncio.to_thread(os.listdir, parent) if (parent / p).is_dir()] == []
+
+
 async def test_restart_recovery(env: Env, any_pod: Pod) -> None:
     first = env.manager()
     await first.recover()
@@ -261,6 +295,21 @@ async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:
     assert os.listdir(env.state) == []
     for sub in ("exits", "sock", "exec", "runc", "crun"):
         assert os.listdir(env.run_dir / sub) == [], sub
+
+
+async def test_failed_create_leaves_nothing(env: Env, any_pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    broken = ContainerSpec(name="broken", command=["/no/such/binary"])
+    with pytest.raises(OCIRuntimeError, match=r"(?i)no such file"):
+        await mgr.create(any_pod.sandbox, broken, IMAGE)
+    assert mgr.list_containers() == []
+    assert os.listdir(env.state) == []
+    assert mounts_under(env.state) == []
+    assert run(["ip", "netns", "pids", any_pod.netns]).stdout.split() == []
+    # The name is free again.
+    cid = await started(env, any_pod, "broken", "exit 0")
+    await finished(mgr, cid)
 
 
 async def test_names_filters_update_and_reopen(env: Env, pod: Pod) -> None:

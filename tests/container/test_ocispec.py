@@ -101,8 +101,22 @@ def test_namespaces() -> None:
         build(target, target_pid=42)["linux"]["namespaces"]
     with pytest.raises(FailedPrecondition):
         build(target)
-    with pytest.raises(InvalidArgument, match="not supported"):
-        build(ContainerSpec(name="a", security=SecurityContext(pid_mode=NamespaceMode.POD)))
+    shared = ContainerSpec(name="a", security=SecurityContext(pid_mode=NamespaceMode.POD))
+    assert {"type": "pid", "path": "/proc/7/ns/pid"} in \
+        build(shared, target_pid=7)["linux"]["namespaces"]
+    with pytest.raises(FailedPrecondition, match="infra"):
+        build(shared)
+
+
+def test_infra_spec() -> None:
+    oci = ocispec.infra_spec(pod(), "/root", "/kubepods/i", "/bin/busybox", 5)
+    assert oci["process"]["args"][:3] == [ocispec.INFRA_BINARY, "sh", "-c"]
+    assert oci["process"]["oomScoreAdj"] == 5
+    assert oci["root"] == {"path": "/root", "readonly": True}
+    assert {"type": "pid"} in oci["linux"]["namespaces"]
+    assert {"type": "network", "path": "/run/netns/n"} in oci["linux"]["namespaces"]
+    assert {"destination": ocispec.INFRA_BINARY, "type": "bind", "source": "/bin/busybox",
+            "options": ["rbind", "rprivate", "ro"]} in oci["mounts"]
 
 
 def test_mounts() -> None:

@@ -12,10 +12,10 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.container.manager import ContainerManager
-from crishim.errors import FailedPrecondition, InvalidArgument, NotFound
+from crishim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from crishim.sandbox.model import Sandbox
 from crishim.server.containers import ContainerMixins
-from tests.container.conftest import IMAGE, Env, Image, Pod, wait_until
+from tests.container.ctrutil import IMAGE, Env, Image, Pod
 from tests.harness import shared_dir
 
 pytestmark = pytest.mark.root
@@ -66,7 +66,7 @@ def captured_request(pod: Pod, tmp_path: Path) -> api_pb2.CreateContainerRequest
 async def test_container_rpcs(env: Env, pod: Pod, tmp_path: Path) -> None:
     mgr = env.manager()
     await mgr.recover()
-    svc: Any = Servicer(StandInRuntime(mgr, Sandboxes(pod.sandbox), Images(IMAGE)))  # type: ignore[arg-type]
+    svc: Any = Servicer(StandInRuntime(mgr, Sandboxes(pod.sandbox), Images(IMAGE)))
     request = await asyncio.to_thread(captured_request, pod, tmp_path)
 
     cid = (await svc.CreateContainer(request, None)).container_id
@@ -127,7 +127,7 @@ async def test_container_rpcs(env: Env, pod: Pod, tmp_path: Path) -> None:
 async def test_create_errors(env: Env, pod: Pod, tmp_path: Path) -> None:
     mgr = env.manager()
     await mgr.recover()
-    svc: Any = Servicer(StandInRuntime(mgr, Sandboxes(pod.sandbox), Images(IMAGE)))  # type: ignore[arg-type]
+    svc: Any = Servicer(StandInRuntime(mgr, Sandboxes(pod.sandbox), Images(IMAGE)))
     request = await asyncio.to_thread(captured_request, pod, tmp_path)
     unknown_pod = api_pb2.CreateContainerRequest()
     unknown_pod.CopyFrom(request)
@@ -147,14 +147,10 @@ async def test_create_errors(env: Env, pod: Pod, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="run_as_group"):
         await svc.CreateContainer(bad_group, None)
     first = await svc.CreateContainer(request, None)
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(AlreadyExists):
         await svc.CreateContainer(request, None)
     await svc.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=first.container_id),
                               None)
     with pytest.raises(NotFound):
         await svc.StartContainer(api_pb2.StartContainerRequest(container_id="0" * 64), None)
-
-    async def gone() -> bool:
-        return not mgr.list_containers()
-
-    await wait_until(gone, what="no containers")
+    assert mgr.list_containers() == []

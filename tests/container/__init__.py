@@ -1,0 +1,1 @@
+"""Container manager tests on real runc, crun and conmon."""

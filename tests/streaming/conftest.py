@@ -1,0 +1,72 @@
+"""Real containers (conmon + runc over a busybox rootfs) behind a real streaming server.
+
+The pod and container machinery is the container suite's (tests/container/); the run dir
+is kept short because conmon's attach sockets live under it (sun_path is 108 bytes).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from crishim.config import StreamingSection
+from crishim.container.manager import ContainerManager
+from crishim.container.model import Container, ContainerSpec
+from crishim.sandbox.model import Sandbox
+from crishim.streaming.server import StreamingServer
+from tests.container.conftest import busybox_rootfs
+from tests.container.ctrutil import IMAGE, Env, OverlayProvider, Pod, make_pod, spec
+
+__all__ = ["busybox_rootfs"]
+
+
+class Sandboxes:
+    def __init__(self) -> None:
+        self.items: dict[str, Sandbox] = {}
+
+    def get(self, sandbox_id: str) -> Sandbox | None:
+        return self.items.get(sandbox_id)
+
+
+@dataclass
+class Stack:
+    env: Env
+    manager: ContainerManager
+    pod: Pod
+    sandboxes: Sandboxes
+    server: StreamingServer
+
+    async def run(self, name: str, script: str, **kwargs: object) -> Container:
+        c = await self.manager.create(self.pod.sandbox, spec(name, script, **kwargs), IMAGE)
+        await self.manager.start(c.id)
+        return c
+
+    async def run_spec(self, container_spec: ContainerSpec) -> Container:
+        c = await self.manager.create(self.pod.sandbox, container_spec, IMAGE)
+        await self.manager.start(c.id)
+        return c
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Stack]:
+    run_dir = Path(tempfile.mkdtemp(prefix="cs", dir="/run"))
+    env = Env(tmp_path / "containers", run_dir, OverlayProvider(busybox_rootfs))
+    manager = env.manager()
+    sandboxes = Sandboxes()
+    try:
+        async with make_pod(env, tmp_path) as pod:
+            sandboxes.items[pod.sandbox.id] = pod.sandbox
+            server = StreamingServer(StreamingSection(), manager, sandboxes)
+            await server.start()
+            try:
+                yield Stack(env, manager, pod, sandboxes, server)
+            finally:
+                await server.close()
+    finally:
+        await manager.close()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""cgroup readers, CPU rates, writable-layer usage and pod network counters against the real kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crishim.stats import CgroupReader, cgroup_of, dir_usage, read_pod_interfaces
+from crishim.stats.cpu import CpuRates
+from crishim.stats.netdev import parse_net_dev
+from tests.harness import poll, run
+from tests.telemetry.conftest import CGROUP_ROOT
+
+MiB = 1024 * 1024
+V1_CONTROLLERS = ["cpuacct", "memory", "pids"]
+
+
+def _enter(base: Path, controllers: list[str], relative: str, pid: int) -> None:
+    for controller in controllers:
+        (base / controller / relative.lstrip("/") / "cgroup.procs").write_text(str(pid))
+
+
+def _v1_available() -> bool:
+    return (CGROUP_ROOT / "memory").is_dir() and not (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def test_cpu_rate_needs_two_samples() -> None:
+    rates = CpuRates()
+    assert rates.update("c", 1_000_000_000, 5_000_000_000) is None
+    # 0.5 s of CPU over 1 s: half a core.
+    assert rates.update("c", 2_000_000_000, 5_500_000_000) == 500_000_000
+    # A recreated cgroup restarts its counter: no rate rather than a negative one.
+    assert rates.update("c", 3_000_000_000, 1_000) is None
+
+
+def test_parse_net_dev() -> None:
+    text = ("Inter-|   Receive                                                |  Transmit\n"
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs "
+            "drop fifo colls carrier compressed\n"
+            "    lo:     100       1    0    0    0     0          0         0      100       1    0 "
+            "   0    0     0       0          0\n"
+            "  eth0:    2048      20    3    0    0     0          0         0     4096      30    4 "
+            "   0    0     0       0          0\n")
+    eth0 = parse_net_dev(text)[1]
+    assert (eth0.name, eth0.rx_bytes, eth0.rx_errors, eth0.tx_bytes, eth0.tx_errors) == (
+        "eth0", 2048, 3, 4096, 4)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not _v1_available(), reason="needs cgroup v1 hierarchies")
+def test_v1_reader_follows_a_busy_process(cgroup_dirs: Callable[[Path, list[str]], str],
+                                          busy: Callable[[int], subprocess.Popen[str]]) -> None:
+    relative = cgroup_dirs(CGROUP_ROOT, V1_CONTROLLERS)
+    reader = CgroupReader(CGROUP_ROOT, unified=False)
+    empty = reader.read(relative)
+    assert empty is not None and empty.processes == 0
+    proc = busy(64 * MiB)
+    _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, proc.pid)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "allocated"
+    assert cgroup_of(proc.pid, reader) == relative
+    first = reader.read(relative)
+    assert first is not None and first.cpu_usage_ns is not None
+    later = poll(lambda: (s := reader.read(relative)) and s.cpu_usage_ns > first.cpu_usage_ns and s,
+                 what="CPU usage to grow")
+    assert later.timestamp > first.timestamp
+    assert later.processes == 1
+    # Memory charged at allocation time stays charged while the process holds it.
+    assert later.memory_usage is not None and later.memory_usage >= 64 * MiB
+    assert later.memory_rss is not None and later.memory_rss >= 64 * MiB
+    assert later.memory_working_set is not None and later.memory_working_set >= 64 * MiB
+    assert later.page_faults is not None and later.page_faults > 64 * MiB // 4096
+    assert later.memory_limit is None  # no limit was set
+    assert later.memory_available is None
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not _v1_available(), reason="needs cgroup v1 hierarchies")
+def test_v1_memory_limit_gives_available_bytes(cgroup_dirs: Callable[[Path, list[str]], str],
+                                               busy: Callable[[int], subprocess.Popen[str]]) -> None:
+    relative = cgroup_dirs(CGROUP_ROOT, V1_CONTROLLERS)
+    (CGROUP_ROOT / "memory" / relative.lstrip("/") / "memory.limit_in_bytes").write_text(str(256 * MiB))
+    proc = busy(32 * MiB)
+    _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, proc.pid)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "allocated"
+    stats = CgroupReader(CGROUP_ROOT).read(relative)
+    assert stats is not None and stats.memory_limit == 256 * MiB
+    assert stats.memory_working_set is not None and stats.memory_available is not None
+    assert stats.memory_available == 256 * MiB - stats.memory_working_set
+
+
+@pytest.mark.root
+def test_v2_reader_reads_cpu_and_processes(cgroup_dirs: Callable[[Path, list[str]], str],
+                                           busy: Callable[[int], subprocess.Popen[str]]) -> None:
+    unified = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "unified"
+    if not (unified / "cgroup.controllers").exists():
+        pytest.skip("no cgroup2 mount")
+    base = unified.parent
+    relative = cgroup_dirs(base, [unified.name])
+    reader = CgroupReader(unified, unified=True)
+    proc = busy(MiB)
+    (unified / relative.lstrip("/") / "cgroup.procs").write_text(str(proc.pid))
+    assert cgroup_of(proc.pid, reader) == relative
+    first = reader.read(relative)
+    assert first is not None and first.cpu_usage_ns is not None and first.processes == 1
+    poll(lambda: (s := reader.read(relative)) and s.cpu_usage_ns > first.cpu_usage_ns,
+         what="v2 CPU usage to grow")
+
+
+def test_missing_cgroup_reads_as_none() -> None:
+    assert CgroupReader.detect().read("/crishim-test-does-not-exist") is None
+
+
+def test_writable_layer_usage_counts_bytes_and_inodes(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    before = dir_usage(str(upper))
+    assert before is not None and before.inodes_used == 1
+    (upper / "big").write_bytes(b"x" * MiB)
+    (upper / "dir").mkdir()
+    (upper / "dir" / "small").write_text("hello")
+    (upper / "dir" / "link").hardlink_to(upper / "big")
+    after = dir_usage(str(upper))
+    assert after is not None and after.timestamp > before.timestamp
+    assert after.inodes_used == 4  # upper, big (linked twice), dir, small
+    assert MiB <= after.used_bytes < 2 * MiB
+    assert Path(after.mountpoint).is_dir()
+    assert dir_usage(str(tmp_path / "gone")) is None
+
+
+SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(50):
+    s.sendto(b"x" * 1000, (sys.argv[1], 9))
+"""
+
+
+@pytest.mark.root
+async def test_pod_network_counters_grow_after_traffic(netns: Callable[[], str]) -> None:
+    pod, peer = netns(), netns()
+    run(["ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", peer])
+    run(["ip", "-n", pod, "addr", "add", "10.251.0.2/24", "dev", "eth0"])
+    run(["ip", "-n", peer, "addr", "add", "10.251.0.1/24", "dev", "peer0"])
+    run(["ip", "-n", pod, "link", "set", "eth0", "up"])
+    run(["ip", "-n", peer, "link", "set", "peer0", "up"])
+    path = f"/run/netns/{pod}"
+    before = {c.name: c for c in await read_pod_interfaces(path)}
+    assert set(before) == {"eth0"}  # lo is left out
+    run(["ip", "netns", "exec", peer, sys.executable, "-c", SENDER, "10.251.0.2"])
+    after = {c.name: c for c in await read_pod_interfaces(path)}
+    assert after["eth0"].rx_bytes >= before["eth0"].rx_bytes + 50 * 1000
+    # Each read sees its own namespace's interfaces.
+    assert {c.name for c in await read_pod_interfaces(f"/run/netns/{peer}")} == {"peer0"}
