@@ -25,7 +25,15 @@ from typing import Any
 from bench import report, rpc
 from bench.floor import FloorParams
 from bench.servers import BenchServer
-from tests.harness import BRIDGE_CONFLIST, REPO, TestNode, make_test_node, remove_root
+from tests.harness import (
+    BRIDGE_CONFLIST,
+    REPO,
+    TestNode,
+    make_test_node,
+    mounts_below,
+    remove_root,
+    unmount_tree,
+)
 
 DEFAULT_CONCURRENCY = (1, 8, 32)
 WARMUP_PODS = 3
@@ -156,8 +164,7 @@ def leftovers(node: TestNode, root: Path, pids: list[int]) -> list[str]:
         found.append(f"test node {node.path}")
     if root.exists():
         found.append(f"temp dir {root}")
-    found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if str(root) in line]
+    found += [f"mount {target}" for target in mounts_below(root)]
     found += [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
     return found
 
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
             stack.callback(remove_root, root)
             node = stack.enter_context(make_test_node())
+            stack.callback(unmount_tree, root)
             results["environment"] = {"node": node.name, "root": str(root)}
             conflist = root / "floor.conflist"
             floor_net = copy.deepcopy(net)

@@ -134,7 +134,7 @@ def render(results: dict[str, Any]) -> str:
     lines += ["", f"containers: {results['containers']['note']}", "", "targets"]
     for target in results["targets"]:
         lines.append(f"  {target['verdict']:<5} {target['name']:<58} {target['goal']:>9}  measured "
-                     f"{_fmt(target['measured'])}")
+                     f"{'-' if target['measured'] is None else target['measured']}")
     cleanup = results.get("cleanup", {})
     lines += ["", f"cleanup: {'ok' if cleanup.get('ok') else 'LEFTOVERS ' + str(cleanup.get('leftovers'))}"]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness import CrishimServer, TestNode, in_ci, make_test_node, remove_root
 
-pytest_plugins = ["tests.image_fixtures"]
+pytest_plugins = ["tests.image_fixtures", "tests.container.fixtures"]
 
 NEEDED_TOOLS = ("ip", "nsenter", "iptables-save")
 

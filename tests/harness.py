@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from crishim.sandbox.namespaces import unmount
 
 REPO = Path(__file__).resolve().parents[1]
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -129,6 +130,7 @@ class CrishimServer:
     root: Path
     node: TestNode | None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    log_level: str = "debug"
     proc: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
 
@@ -166,7 +168,7 @@ class CrishimServer:
             f'state_dir = "{self.state_dir}"',
             f'run_dir = "{self.root / "run"}"',
             f'netns_dir = "{self.netns_dir}"',
-            'log_level = "debug"',
+            f'log_level = "{self.log_level}"',
             "shutdown_grace = 5.0",
         ]
         cni = {"conf_dir": str(self.conf_dir), "bin_dirs": [CNI_BIN_DIR],
@@ -295,11 +297,16 @@ class CrishimServer:
         return found
 
 
+def mounts_below(root: Path) -> list[str]:
+    prefix = f"{root}/"
+    targets = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [target for target in targets if target.startswith(prefix)]
+
+
 def unmount_tree(root: Path) -> None:
     """Detach every mount below `root` (pinned namespaces a crashed server left), deepest first."""
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for target in sorted((m for m in mounts if m.startswith(str(root) + "/")), reverse=True):
-        run(["umount", "-l", target], check=False)
+    for target in sorted(mounts_below(root), reverse=True):
+        unmount(target)
 
 
 def remove_root(root: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ async def _spawn(argv: list[str], cwd: str, pipe: _SyncPipe, start_fd: int | Non
 
 async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, name: str,
                  bundle: str, log_path: str, exit_dir: str, stdin: bool, tty: bool,
-                 sync_wait: float = 60.0) -> tuple[int, int]:
+                 stdin_once: bool = False, sync_wait: float = 60.0) -> tuple[int, int]:
     """Start a monitor that runs `runtime create`; returns (container pid, conmon pid)."""
     pid_file = f"{bundle}/pidfile"
     conmon_pid_file = f"{bundle}/conmon.pid"
@@ -99,6 +100,9 @@ async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, 
             "-P", conmon_pid_file, "--exit-dir", exit_dir, "--persist-dir", bundle]
     if stdin:
         argv.append("-i")
+        if not stdin_once:
+            # Otherwise conmon closes the container's stdin when the first attach client leaves.
+            argv.append("--leave-stdin-open")
     if tty:
         argv.append("-t")
     pipe = _SyncPipe()
@@ -137,6 +141,7 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
         argv += ["-T", str(kill_after)]
     pipe = _SyncPipe()
     proc: asyncio.subprocess.Process | None = None
+    exec_pid = 0
     try:
         proc = await _spawn(argv, bundle, pipe, None)
         await pipe.open()
@@ -144,11 +149,14 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
         if started is None or started.get("data", -1) < 0:
             detail = (started or {}).get("message") or "conmon exited without a reason"
             raise OCIRuntimeError(f"exec in {container_id}: {detail}")
+        exec_pid = int(started["data"])
         finished = await pipe.message()
         await proc.wait()
     finally:
         pipe.close()
         if proc is not None and proc.returncode is None:
+            # Cancelled (the client gave up): the exec'd process must not outlive the call.
+            _kill_group(exec_pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -161,6 +169,14 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
         raise OCIRuntimeError(f"exec in {container_id}: {message or 'failed'}")
     stdout, stderr = await asyncio.to_thread(read_cri_log, log_path, output_limit)
     return ExecResult(int(finished["data"]), stdout, stderr)
+
+
+def _kill_group(pid: int) -> None:
+    if pid <= 0:
+        return
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
 
 
 def read_cri_log(path: str, limit: int) -> tuple[bytes, bytes]:

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 from crishim.container import conmon as conmon_mod
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.model import Container, ContainerSpec, ContainerState, Resources, SeccompKind
-from crishim.container.oci import OCIRuntimeError, RuntimeHandler
+from crishim.container.oci import OCIRuntimeError, RuntimeHandler, hugetlb_available
 from crishim.container.ocispec import (
     SpecInputs,
     build_spec,
@@ -111,6 +112,9 @@ class ContainerManager:
         self._pidfds: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._installed = False
+        self._hugetlb = True
+        # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
+        self.on_change: Callable[[Container, str], None] | None = None
 
     @property
     def exit_dir(self) -> Path:
@@ -124,6 +128,7 @@ class ContainerManager:
         """Directories and runtime wrappers, once per process (recover() normally does it)."""
         if not self._installed:
             await asyncio.to_thread(self._dirs)
+            self._hugetlb = await asyncio.to_thread(hugetlb_available)
             self._installed = True
 
     def _dirs(self) -> None:
@@ -131,6 +136,10 @@ class ContainerManager:
             d.mkdir(parents=True, exist_ok=True)
         for handler in self.runtimes.values():
             handler.install()
+
+    def _notify(self, c: Container, change: str) -> None:
+        if self.on_change is not None and not c.infra:
+            self.on_change(c, change)
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -207,6 +216,7 @@ class ContainerManager:
             oom_score_adj_floor=await asyncio.to_thread(_own_oom_score_adj),
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
+            hugetlb=self._hugetlb,
         )
         oci = build_spec(spec, sandbox, inputs)
         log_path = ""
@@ -221,6 +231,7 @@ class ContainerManager:
             uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids),
         )
         await self._launch(c, oci, handler)
+        self._notify(c, "created")
         log.info("container created", extra={"container": cid, "name": spec.name,
                                               "sandbox": sandbox.id, "pid": c.pid})
         return c
@@ -233,7 +244,7 @@ class ContainerManager:
         c.pid, c.conmon_pid = await conmon_mod.create(
             self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
             log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
-            stdin=c.spec.stdin, tty=c.spec.tty)
+            stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
         await self._save(c)
         self._watch(c)
 
@@ -311,6 +322,7 @@ class ContainerManager:
             c.state = ContainerState.RUNNING
             c.started_at = started_at
             await self._save(c)
+        self._notify(c, "started")
 
     # ---- stop / remove -------------------------------------------------------------------------
 
@@ -364,6 +376,7 @@ class ContainerManager:
                 self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
             self._exited.pop(c.id, None)
         self._locks.pop(c.id, None)
+        self._notify(c, "deleted")
 
     async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler) -> None:
         await handler.delete(cid)
@@ -416,7 +429,7 @@ class ContainerManager:
             await self._refresh_locked(c)
             if c.state not in (ContainerState.CREATED, ContainerState.RUNNING):
                 raise FailedPrecondition(f"container {c.id} is {c.state}; cannot update resources")
-            oci = linux_resources(resources)
+            oci = linux_resources(resources, hugetlb=self._hugetlb)
             oci.pop("devices")
             await self.runtimes[c.runtime_handler].update(c.id, oci)
             c.spec.resources = resources
@@ -474,6 +487,7 @@ class ContainerManager:
         await self._save(c)
         log.info("container exited", extra={"container": c.id, "exit_code": c.exit_code,
                                              "reason": c.reason})
+        self._notify(c, "stopped")
         self._exited.setdefault(c.id, asyncio.Event()).set()
         try:
             await self.runtimes[c.runtime_handler].delete(c.id)
@@ -511,7 +525,14 @@ class ContainerManager:
     async def recover(self) -> None:
         """Load the records an earlier crishim left and pick up its containers where they are."""
         await self._install()
-        records = await asyncio.to_thread(_load_records, self.root)
+        records, orphans = await asyncio.to_thread(_load_records, self.root)
+        for cid in orphans:
+            # A create interrupted before its record was written: nothing of it may stay.
+            log.warning("removing an unfinished container", extra={"container": cid})
+            for handler in self.runtimes.values():
+                with contextlib.suppress(OCIRuntimeError):
+                    await handler.delete(cid)
+            await self._remove_files(cid, self.root / cid, self.runtimes[self.default_handler])
         for c in records:
             if c.runtime_handler not in self.runtimes:
                 log.warning("container of an unconfigured runtime handler ignored",
@@ -574,17 +595,23 @@ def _is_conmon_of(pid: int, cid: str) -> bool:
     return bool(args) and os.path.basename(args[0]) == b"conmon" and cid.encode() in args
 
 
-def _load_records(root: Path) -> list[Container]:
+def _load_records(root: Path) -> tuple[list[Container], list[str]]:
+    """The records, and the ids of container dirs that never got one."""
     records: list[Container] = []
-    if not root.is_dir():
-        return records
-    for path in sorted(root.glob(f"*/{RECORD}")):
+    orphans: list[str] = []
+    for cdir in sorted(root.iterdir()):
+        if not cdir.is_dir():
+            continue
+        path = cdir / RECORD
+        if not path.exists():
+            orphans.append(cdir.name)
+            continue
         try:
             records.append(Container.from_json(read_json(path)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("unreadable container record skipped", extra={"path": str(path),
                                                                      "error": str(exc)})
-    return records
+    return records, orphans
 
 
 def _remove_tree(tree: Path, *files: Path) -> None:

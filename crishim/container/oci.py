@@ -113,6 +113,15 @@ def hybrid_cgroups() -> bool:
         return False
 
 
+def hugetlb_available() -> bool:
+    """Blocking: whether the cgroup hierarchy the runtimes use has the hugetlb controller (on hybrid
+    hosts it may sit in the unified hierarchy only, where runc and crun cannot use it)."""
+    unified = Path("/sys/fs/cgroup/cgroup.controllers")
+    if unified.exists():
+        return "hugetlb" in unified.read_text().split()
+    return Path("/sys/fs/cgroup/hugetlb").is_dir()
+
+
 def make_runtimes(run_dir: Path, runc_path: str, crun_path: str) -> dict[str, RuntimeHandler]:
     """The handlers by name; on hybrid cgroup hosts crun runs through a wrapper (installed by the
     container manager at start-up)."""

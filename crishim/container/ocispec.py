@@ -60,6 +60,9 @@ class SpecInputs:
     oom_score_adj_floor: int = 0
     # The parsed profile file for SeccompKind.LOCALHOST.
     localhost_seccomp: dict[str, Any] | None = None
+    # False where the host has no usable hugetlb controller: kubelet sends limits for every page
+    # size, which the runtimes would refuse there.
+    hugetlb: bool = True
     # PID whose PID namespace a TARGET container (the target's init) or a POD container (the pod's
     # infra process) joins.
     target_pid: int = 0
@@ -117,7 +120,8 @@ def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]
     return [c for c in caps if c not in dropped]
 
 
-def linux_resources(res: Resources, privileged: bool = False) -> dict[str, Any]:
+def linux_resources(res: Resources, privileged: bool = False, hugetlb: bool = True
+                    ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "devices": [{"allow": privileged, "access": "rwm"}],
     }
@@ -141,7 +145,7 @@ def linux_resources(res: Resources, privileged: bool = False) -> dict[str, Any]:
         memory["swap"] = res.memory_swap_limit_in_bytes
     if memory:
         out["memory"] = memory
-    if res.hugepage_limits:
+    if res.hugepage_limits and hugetlb:
         out["hugepageLimits"] = [{"pageSize": k, "limit": v} for k, v in res.hugepage_limits.items()]
     if res.unified:
         out["unified"] = dict(res.unified)
@@ -264,7 +268,7 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
     linux: dict[str, Any] = {
         "namespaces": namespace_list,
         "cgroupsPath": inputs.cgroups_path,
-        "resources": linux_resources(spec.resources, sec.privileged),
+        "resources": linux_resources(spec.resources, sec.privileged, inputs.hugetlb),
         "maskedPaths": [] if sec.privileged else (sec.masked_paths or DEFAULT_MASKED_PATHS),
         "readonlyPaths": [] if sec.privileged else (sec.readonly_paths or DEFAULT_READONLY_PATHS),
     }

@@ -167,7 +167,8 @@ class NetworkManager:
                         timeline: list[PluginTiming]) -> None:
         """CNI DEL with the config and arguments cached at ADD, else the current config (R-NET-3)."""
         rt = self._runtime_conf(att)
-        cached, cached_rt = self.cni.get_network_list_cached_config(network_name, rt)
+        cached, cached_rt = await asyncio.to_thread(self.cni.get_network_list_cached_config,
+                                                    network_name, rt)
         net = cached or self.network
         if net is None:
             raise cni.CNIError(

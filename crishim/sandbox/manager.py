@@ -231,6 +231,8 @@ class SandboxManager:
             return
         if self.containers is not None:
             await self.containers.stop_all(sandbox.id)
+        if sandbox.state == SandboxState.NOTREADY and not sandbox.teardown_pending:
+            return  # stopped before: namespaces and files went with that stop
         was_ready = sandbox.state == SandboxState.READY
         try:
             await self._tear_down(sandbox)

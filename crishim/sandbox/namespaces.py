@@ -155,13 +155,18 @@ async def release_namespaces(namespaces: PodNamespaces) -> None:
     await asyncio.to_thread(_release, paths)
 
 
-def _enter_and_write(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+def enter_namespaces(namespaces: PodNamespaces) -> None:
+    """Move the calling thread into the pod's namespaces; only for threads from `run_in_thread`."""
     for flag, _, path in namespaces.pinned():
         fd = os.open(path, os.O_RDONLY)
         try:
             _check(_libc.setns(fd, flag), f"setns {path}")
         finally:
             os.close(fd)
+
+
+def _enter_and_write(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+    enter_namespaces(namespaces)
     _write_sysctls(sysctls)
 
 

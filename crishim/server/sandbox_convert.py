@@ -63,6 +63,28 @@ def to_pod_sandbox(sandbox: Sandbox) -> api_pb2.PodSandbox:
                               annotations=spec.annotations, runtime_handler=spec.runtime_handler)
 
 
+class PodSandboxCache:
+    """Converted list entries, rebuilt only when a sandbox changes state.
+
+    kubelet lists every pod every second or so; building the message (maps of labels and annotations)
+    dominated ListPodSandbox at a thousand pods.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[SandboxState, api_pb2.PodSandbox]] = {}
+
+    def get(self, sandbox: Sandbox) -> api_pb2.PodSandbox:
+        entry = self._entries.get(sandbox.id)
+        if entry is None or entry[0] != sandbox.state:
+            entry = (sandbox.state, to_pod_sandbox(sandbox))
+            self._entries[sandbox.id] = entry
+        return entry[1]
+
+    def prune(self, live_ids: set[str]) -> None:
+        if len(self._entries) > 2 * len(live_ids) + 64:
+            self._entries = {k: v for k, v in self._entries.items() if k in live_ids}
+
+
 def to_status(sandbox: Sandbox) -> api_pb2.PodSandboxStatus:
     spec = sandbox.spec
     status = api_pb2.PodSandboxStatus(

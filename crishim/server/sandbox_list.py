@@ -4,7 +4,9 @@ from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.server.base import ServicerBase
-from crishim.server.sandbox_convert import to_pod_sandbox
+from crishim.server.sandbox_convert import PodSandboxCache
+
+_cache = PodSandboxCache()
 
 
 class SandboxListMixin(ServicerBase):
@@ -12,14 +14,20 @@ class SandboxListMixin(ServicerBase):
         self, request: api_pb2.ListPodSandboxRequest, context: Any
     ) -> api_pb2.ListPodSandboxResponse:
         wanted = request.filter
+        state = wanted.state.state if wanted.HasField("state") else None
+        selector = dict(wanted.label_selector)
+        sandboxes = self.runtime.sandboxes.list()
         items = []
-        for sandbox in self.runtime.sandboxes.list():
+        for sandbox in sandboxes:
             if wanted.id and not sandbox.id.startswith(wanted.id):
                 continue
-            pod = to_pod_sandbox(sandbox)
-            if wanted.HasField("state") and pod.state != wanted.state.state:
+            pod = _cache.get(sandbox)
+            if state is not None and pod.state != state:
                 continue
-            if any(sandbox.spec.labels.get(k) != v for k, v in wanted.label_selector.items()):
+            if selector and any(sandbox.spec.labels.get(k) != v for k, v in selector.items()):
                 continue
             items.append(pod)
-        return api_pb2.ListPodSandboxResponse(items=items)
+        _cache.prune({s.id for s in sandboxes})
+        response = api_pb2.ListPodSandboxResponse()
+        response.items.extend(items)
+        return response

@@ -7,14 +7,9 @@ the pod's namespace and ends afterwards (see sandbox.namespaces.run_in_thread).
 
 from __future__ import annotations
 
-import ctypes
-import os
 from dataclasses import dataclass
 
-from crishim.sandbox.namespaces import CLONE_NEWNET, run_in_thread
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces, run_in_thread
 
 
 @dataclass(frozen=True)
@@ -41,13 +36,7 @@ def parse_net_dev(text: str) -> list[InterfaceCounters]:
 
 
 def _read_in(netns_path: str) -> list[InterfaceCounters]:
-    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    enter_namespaces(PodNamespaces(net=netns_path))
     with open("/proc/thread-self/net/dev") as f:
         return parse_net_dev(f.read())
 

@@ -49,6 +49,10 @@ class Channels(Protocol):
 
     def resizes(self) -> AsyncIterator[Size]: ...
 
+    async def initial_size(self, within: float) -> Size | None:
+        """The first terminal size the client sends, if it sends one within `within` seconds."""
+        ...
+
     async def write(self, channel: int, data: bytes) -> None: ...
 
     async def finish(self, status: dict[str, Any] | None) -> None:
@@ -88,16 +92,41 @@ class _JSONStream:
                 sizes.append(Size(int(obj.get("Width", 0)), int(obj.get("Height", 0))))
 
 
-class SpdyChannels:
+class _Resizes:
+    """Terminal sizes queued as they arrive, so the first can be awaited before the process starts."""
+
+    def __init__(self) -> None:
+        self._resize: asyncio.Queue[Size | None] = asyncio.Queue()
+        self._first: Size | None = None
+
+    async def initial_size(self, within: float) -> Size | None:
+        try:
+            self._first = await asyncio.wait_for(self._resize.get(), within)
+        except TimeoutError:
+            return None
+        if self._first is None:
+            self._resize.put_nowait(None)
+        return self._first
+
+    async def resizes(self) -> AsyncIterator[Size]:
+        if self._first is not None:
+            yield self._first
+        while (size := await self._resize.get()) is not None:
+            yield size
+
+
+class SpdyChannels(_Resizes):
     """Server side of remotecommand over SPDY: wait for the client's streams, then serve them."""
 
     def __init__(self, session: Session, version: str, options: Options) -> None:
+        super().__init__()
         self.session = session
         self.version = version
         self.options = options
         self.gone = session.closed
         self.streams: dict[str, Stream] = {}
         self._all = asyncio.Event()
+        self._resize_task: asyncio.Task[None] | None = None
         self.expected = {"error"}
         if options.stdin:
             self.expected.add("stdin")
@@ -126,20 +155,24 @@ class SpdyChannels:
         finally:
             waiter.cancel()
             gone.cancel()
-        return self._all.is_set() and not self.gone.is_set()
+        if not self._all.is_set() or self.gone.is_set():
+            return False
+        self._resize_task = asyncio.ensure_future(self._read_resizes())
+        return True
+
+    async def _read_resizes(self) -> None:
+        stream = self.streams.get("resize")
+        parser = _JSONStream()
+        try:
+            while stream is not None and (chunk := await stream.read()):
+                for size in parser.feed(chunk):
+                    self._resize.put_nowait(size)
+        finally:
+            self._resize.put_nowait(None)
 
     async def read_stdin(self) -> bytes:
         stream = self.streams.get("stdin")
         return await stream.read() if stream is not None else b""
-
-    async def resizes(self) -> AsyncIterator[Size]:
-        stream = self.streams.get("resize")
-        if stream is None:
-            return
-        parser = _JSONStream()
-        while chunk := await stream.read():
-            for size in parser.feed(chunk):
-                yield size
 
     async def write(self, channel: int, data: bytes) -> None:
         stream = self.streams.get("stdout" if channel == STDOUT else "stderr")
@@ -158,19 +191,21 @@ class SpdyChannels:
                     await error.write(payload)
                 await error.close()
         await self.session.close()
+        if self._resize_task is not None:
+            self._resize_task.cancel()
 
 
-class WebSocketChannels:
+class WebSocketChannels(_Resizes):
     """Server side of remotecommand over WebSocket (channel byte per message)."""
 
     def __init__(self, ws: WebSocket, version: str, options: Options) -> None:
+        super().__init__()
         self.ws = ws
         self.version = version
         self.options = options
         self.base64 = ".base64." in f".{version}"
         self.gone = asyncio.Event()
         self._stdin: asyncio.Queue[bytes] = asyncio.Queue(64)
-        self._resize: asyncio.Queue[Size | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -192,7 +227,7 @@ class WebSocketChannels:
                     if payload[:1] == bytes([STDIN]) and stdin_open:
                         stdin_open = False
                         await self._stdin.put(b"")
-                elif channel == STDIN and stdin_open and payload:
+                elif channel == STDIN and stdin_open and payload and self.options.stdin:
                     await self._stdin.put(payload)
                 elif channel == RESIZE:
                     for size in parser.feed(payload):
@@ -210,10 +245,6 @@ class WebSocketChannels:
         if self._stdin.empty() and self.gone.is_set():
             return b""
         return await self._stdin.get()
-
-    async def resizes(self) -> AsyncIterator[Size]:
-        while (size := await self._resize.get()) is not None:
-            yield size
 
     async def _send(self, channel: int, data: bytes) -> None:
         if self.base64:

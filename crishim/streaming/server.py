@@ -24,7 +24,7 @@ from crishim.container.model import Container, ContainerState
 from crishim.container.oci import RuntimeHandler
 from crishim.container.ocispec import exec_process
 from crishim.sandbox.model import Sandbox, SandboxState
-from crishim.sandbox.namespaces import PodNamespaces, _enter_and_write, run_in_thread
+from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces, run_in_thread
 from crishim.streaming import portforward, protocol, spdy
 from crishim.streaming.channels import Channels, Options, SpdyChannels, WebSocketChannels
 from crishim.streaming.protocol import BadRequest, Request
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 TOKEN_TTL = 60.0
 MAX_PENDING = 1000
 CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 15.0
+# client-go sends the terminal size right after connecting; starting the process with it avoids a
+# first command (a shell's prompt, `stty size`) seeing a 0x0 terminal.
+FIRST_SIZE_WAIT = 1.0
 
 
 class ContainerSource(Protocol):
@@ -120,7 +124,7 @@ class StreamingServer:
         self.sandboxes = sandboxes
         self.tokens = TokenCache()
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.base_url = ""
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -136,9 +140,15 @@ class StreamingServer:
         """Stop listening and end every live stream (exec'd processes are killed)."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        # Dropping the connections makes every handler see its client gone and clean up after itself.
+        for writer in self._connections.values():
+            writer.transport.abort()
+        tasks = list(self._connections)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -194,7 +204,7 @@ class StreamingServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             await self._serve_http(reader, writer)
         except (EOFError, ConnectionError):
@@ -206,7 +216,7 @@ class StreamingServer:
         except Exception:
             log.exception("streaming connection failed")
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -263,9 +273,12 @@ class StreamingServer:
             sock_dir = self.containers.conmon.socket_dir
             target = AttachTarget(f"{sock_dir}/{c.id}/attach", f"{c.dir}/ctl", pending.options.stdin,
                                   pending.options.stdout, pending.options.stderr)
+        initial = None
+        if pending.options.tty:
+            initial = await channels.initial_size(FIRST_SIZE_WAIT)
         try:
             try:
-                await target.start()
+                await target.start(initial)
             except OSError as exc:
                 await channels.finish(protocol.failure_status(f"cannot start the stream: {exc}"))
                 return
@@ -339,7 +352,7 @@ def _accept_spdy(req: Request, writer: asyncio.StreamWriter, version: str) -> No
 
 def _connect_in_netns(netns: str, port: int) -> socket.socket:
     """Blocking, on a throw-away thread: the socket stays bound to the namespace it was made in."""
-    _enter_and_write(PodNamespaces(net=netns), {})
+    enter_namespaces(PodNamespaces(net=netns))
     return socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT)
 
 

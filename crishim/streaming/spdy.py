@@ -33,7 +33,6 @@ FLAG_UNIDIRECTIONAL = 0x02
 # RST_STREAM status codes.
 PROTOCOL_ERROR = 1
 INVALID_STREAM = 2
-REFUSED_STREAM = 3
 CANCEL = 5
 STREAM_IN_USE = 8
 
@@ -178,11 +177,6 @@ def ping_frame(ping_id: int) -> bytes:
 
 def goaway_frame(last_stream_id: int, status: int = 0) -> bytes:
     return _control(GOAWAY, 0, struct.pack(">II", last_stream_id, status))
-
-
-def settings_frame(entries: list[tuple[int, int, int]]) -> bytes:
-    body = b"".join(struct.pack(">II", (f << 24) | i, v) for f, i, v in entries)
-    return _control(SETTINGS, 0, struct.pack(">I", len(entries)) + body)
 
 
 def parse_frame(head: bytes, payload: bytes, decomp: HeaderDecompressor) -> Frame:
@@ -457,6 +451,7 @@ class Session:
         stream = Stream(self, sid, frame.headers)
         self.streams[sid] = stream
         if frame.flags & FLAG_FIN:
+            stream.fin_received = True
             await stream._deliver(b"")
         if frame.flags & FLAG_UNIDIRECTIONAL:
             stream.local_closed = True

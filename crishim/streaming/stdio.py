@@ -99,6 +99,19 @@ async def pump(channels: Channels, target: Target, stdin: bool) -> None:
         await asyncio.gather(*helpers, done_task, gone, return_exceptions=True)
 
 
+def _raw_input(fd: int) -> None:
+    """Input passes untouched (the container's terminal echoes and edits); output keeps NL -> CRNL, as
+    the container's own terminal would have produced it."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
+               | termios.IGNCR | termios.ICRNL | termios.IXON)
+    oflag |= termios.OPOST | termios.ONLCR
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
 def _set_size(fd: int, size: Size) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
 
@@ -169,7 +182,9 @@ class ExecTarget:
         self._readers: list[tuple[int, _FdReader]] = []
         self._master = -1
 
-    async def start(self) -> None:
+    async def start(self, size: Size | None = None) -> None:
+        if size is not None and size.width > 0 and size.height > 0:
+            self.process["consoleSize"] = {"height": size.height, "width": size.width}
         await asyncio.to_thread(self._write_spec)
         argv = [*self.argv_prefix, "exec", "--process", str(self.work_dir / "process.json"),
                 "--pid-file", str(self.work_dir / "pid"), self.container_id]
@@ -179,6 +194,9 @@ class ExecTarget:
                 self._master, slave = os.openpty()
                 self._fds.append(self._master)
                 child.append(slave)
+                _raw_input(slave)
+                if size is not None:
+                    _set_size(self._master, size)
                 stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
                 self._stdin_fd = self._master
                 self._readers.append((STDOUT, _FdReader(self._master)))
@@ -306,7 +324,10 @@ class AttachTarget:
         self.stderr = stderr
         self.sock: socket.socket | None = None
 
-    async def start(self) -> None:
+    async def start(self, size: Size | None = None) -> None:
+        """`size`: the client's first terminal size, passed to conmon like any later one."""
+        if size is not None:
+            await self.resize(size)
         # Connect through /proc/self/fd: the socket's own path may be longer than sun_path allows.
         dir_fd = await asyncio.to_thread(os.open, os.path.dirname(self.socket_path), os.O_PATH)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

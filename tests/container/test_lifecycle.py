@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def log_lines(path: str) -> list[tuple[str, str, str]]:
 async def test_exit_codes_and_cri_log(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
+    changes: list[tuple[str, str]] = []
+    mgr.on_change = lambda c, change: changes.append((c.spec.name, change))
     ok = await started(env, any_pod, "ok", "echo out; echo err >&2; printf partial")
     bad = await started(env, any_pod, "bad", "exit 3")
     await finished(mgr, ok)
@@ -81,6 +84,8 @@ async def test_exit_codes_and_cri_log(env: Env, any_pod: Pod) -> None:
     assert ("stdout", "P", "partial") in lines
     st = await mgr.status(bad)
     assert (st.exit_code, st.reason) == (3, "Error")
+    await mgr.remove(ok)
+    assert [c for n, c in changes if n == "ok"] == ["created", "started", "stopped", "deleted"]
 
 
 async def test_tty_and_stdin(env: Env, pod: Pod) -> None:
@@ -118,6 +123,12 @@ async def test_exec_sync(env: Env, any_pod: Pod) -> None:
     procs = await mgr.exec_sync(cid, ["ps", "-o", "args"], 10)
     assert b"sleep 1000" not in procs.stdout
     assert (await mgr.exec_sync(cid, ["ls", "/tmp/sleeper"], 10)).exit_code == 0
+    # A caller that gives up (gRPC deadline, cancellation) leaves no exec'd process behind.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(mgr.exec_sync(cid, ["sleep", "999"], 0), 0.5)
+    procs = await mgr.exec_sync(cid, ["ps", "-o", "args"], 10)
+    assert b"sleep 999" not in procs.stdout
+    assert os.listdir(env.run_dir / "exec") == []
     await mgr.stop(cid, 0)
     with pytest.raises(FailedPrecondition):
         await mgr.exec_sync(cid, ["true"], 10)
@@ -136,9 +147,11 @@ async def test_oom_killed(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
     limit = 16 * 1024 * 1024
+    # kubelet always sends a limit for every huge page size; cgroup v1 here has no hugetlb.
     cid = await started(env, any_pod, "oom", "tail /dev/zero",
                         resources=Resources(memory_limit_in_bytes=limit,
-                                            memory_swap_limit_in_bytes=limit))
+                                            memory_swap_limit_in_bytes=limit,
+                                            hugepage_limits={"2MB": 0}))
     await finished(mgr, cid)
     st = await mgr.status(cid)
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
@@ -258,19 +271,52 @@ async def test_restart_recovery(env: Env, any_pod: Pod) -> None:
     keeps = await started(env, any_pod, "keeps", FOREVER)
     ends = await started(env, any_pod, "ends", "read line < /dev/shm/go 2>/dev/null; "
                          "while [ ! -e /dev/shm/go ]; do sleep 0.05; done; exit 7")
+    waiting = (await first.create(any_pod.sandbox, spec("waiting", "exit 9"), IMAGE)).id
     await first.close()
     await asyncio.to_thread(Path(any_pod.sandbox.shm_path, "go").write_text, "")
     # The container exits while no crishim watches; its conmon records the code.
     exit_file = Path(first.exit_dir, ends)
     await wait_until(exit_file.exists, what="exit file")
+    # A create cut short before its record was written leaves a directory with a mounted rootfs.
+    half = env.state / ("f" * 64)
+    await asyncio.to_thread(half.mkdir)
+    await (await env.provider.prepare_rootfs(IMAGE.id, half.name, half)).mount()
     second = env.manager()
     await second.recover()
+    assert not await asyncio.to_thread(half.exists)
+    assert mounts_under(half) == []
     assert (await second.status(keeps)).state == ContainerState.RUNNING
     st = await second.status(ends)
     assert (st.state, st.exit_code) == (ContainerState.EXITED, 7)
+    assert (await second.status(waiting)).state == ContainerState.CREATED
+    await second.start(waiting)
+    await finished(second, waiting)
+    assert (await second.status(waiting)).exit_code == 9
     await second.stop(keeps, 5)
     assert (await second.status(keeps)).exit_code == 0
-    assert {c.spec.name for c in second.list_containers()} == {"keeps", "ends"}
+    assert {c.spec.name for c in second.list_containers()} == {"keeps", "ends", "waiting"}
+
+
+async def test_monitor_killed(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, pod, "orphan", FOREVER)
+    pid = (await mgr.status(cid)).pid
+    os.kill((await mgr.status(cid)).conmon_pid, signal.SIGKILL)
+    await finished(mgr, cid)
+    st = await mgr.status(cid)
+    assert (st.exit_code, st.reason) == (255, "Error") and "conmon" in st.message
+    # The container's processes do not outlive their monitor.
+    await wait_until(lambda: not alive(pid), what="the orphan to be killed")
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie waiting for a lazy reaper counts as dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:

@@ -191,6 +191,8 @@ def test_resources_and_cgroups() -> None:
     assert linux["resources"]["unified"] == {"memory.high": "1"}
     assert linux["sysctl"] == {"net.x": "1"}
     assert "cpu" not in build()["linux"]["resources"]
+    no_hugetlb = build(ContainerSpec(name="a", resources=res), hugetlb=False)["linux"]["resources"]
+    assert "hugepageLimits" not in no_hugetlb
 
 
 def test_exec_process() -> None:

@@ -96,7 +96,8 @@ async def test_container_rpcs(env: Env, pod: Pod, tmp_path: Path) -> None:
 
     await svc.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
         container_id=cid, linux=api_pb2.LinuxContainerResources(
-            cpu_period=100000, cpu_quota=20000, memory_limit_in_bytes=128 << 20)), None)
+            cpu_period=100000, cpu_quota=20000, memory_limit_in_bytes=128 << 20,
+            hugepage_limits=[api_pb2.HugepageLimit(page_size="2MB", limit=0)])), None)
 
     status = (await svc.ContainerStatus(api_pb2.ContainerStatusRequest(
         container_id=cid, verbose=True), None))

@@ -10,7 +10,6 @@ import pytest
 from crishim.image import ImageManager
 
 
-
 @pytest.fixture
 def registries_dir(tmp_path: Path) -> Path:
     path = tmp_path / "registries.d"

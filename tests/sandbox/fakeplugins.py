@@ -28,7 +28,8 @@ ADD)
     echo $$ > "$dir/$name.pid"
     exec sleep 300
   fi
-  printf '%s' "$input" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
+  printf '%s' "$input" |
+    python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
 STATUS)
   [ -f "$dir/$name.status-fails" ] && fail 50 "injected STATUS failure" "plugin not available"
   exit 0 ;;

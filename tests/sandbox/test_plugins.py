@@ -10,7 +10,15 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from tests.harness import CrishimServer, TestNode
-from tests.sandbox.podutil import addresses, info, node_leftovers, pod_config, run_pod, status, stop_and_remove
+from tests.sandbox.podutil import (
+    addresses,
+    info,
+    node_leftovers,
+    pod_config,
+    run_pod,
+    status,
+    stop_and_remove,
+)
 
 pytestmark = pytest.mark.root
 

@@ -51,7 +51,9 @@ async def _request(url: str, headers: dict[str, list[str]]
     for line in head[1:]:
         if line:
             name, _, value = line.partition(":")
-            answer.headers[name.strip().lower()] = value.strip()
+            key = name.strip().lower()
+            previous = answer.headers.get(key)
+            answer.headers[key] = f"{previous}, {value.strip()}" if previous else value.strip()
     if answer.status != 101:
         answer.body = await reader.read()
         writer.close()
@@ -130,7 +132,8 @@ async def ws_remotecommand(url: str, *, stdin: bytes | None = None, protocol: st
         if stdin is not None:
             if stdin:
                 await ws.send(b"\x00" + stdin)
-            await ws.send(b"\xff\x00")
+            if protocol.startswith("v5."):
+                await ws.send(b"\xff\x00")
         while (msg := await ws.receive()) is not None:
             opcode, data = msg
             assert opcode == OP_BINARY

@@ -19,10 +19,7 @@ from crishim.container.manager import ContainerManager
 from crishim.container.model import Container, ContainerSpec
 from crishim.sandbox.model import Sandbox
 from crishim.streaming.server import StreamingServer
-from tests.container.conftest import busybox_rootfs
 from tests.container.ctrutil import IMAGE, Env, OverlayProvider, Pod, make_pod, spec
-
-__all__ = ["busybox_rootfs"]
 
 
 class Sandboxes:
@@ -52,14 +49,16 @@ class Stack:
         return c
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Stack]:
+@pytest.fixture(params=["runc"])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path, busybox_rootfs: Path
+                ) -> AsyncIterator[Stack]:
+    """A pod of the runtime handler named by the parameter (tests override it to also cover crun)."""
     run_dir = Path(tempfile.mkdtemp(prefix="cs", dir="/run"))
     env = Env(tmp_path / "containers", run_dir, OverlayProvider(busybox_rootfs))
     manager = env.manager()
     sandboxes = Sandboxes()
     try:
-        async with make_pod(env, tmp_path) as pod:
+        async with make_pod(env, tmp_path, handler=request.param) as pod:
             sandboxes.items[pod.sandbox.id] = pod.sandbox
             server = StreamingServer(StreamingSection(), manager, sandboxes)
             await server.start()

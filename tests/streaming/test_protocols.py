@@ -9,9 +9,8 @@ import zlib
 import pytest
 
 from crishim.streaming import protocol, spdy
-from crishim.streaming.channels import _JSONStream, Size
-from crishim.streaming.server import TokenCache, _url_host, ExecRequest
-from crishim.streaming.channels import Options
+from crishim.streaming.channels import Options, Size, _JSONStream
+from crishim.streaming.server import ExecRequest, TokenCache, _url_host
 from crishim.streaming.websocket import (
     OP_BINARY,
     OP_TEXT,
@@ -76,7 +75,8 @@ def test_control_frames_round_trip() -> None:
     assert parse(spdy.ping_frame(9)).status == 9
     goaway = parse(spdy.goaway_frame(11, 0))
     assert (goaway.kind, goaway.stream_id) == (spdy.GOAWAY, 11)
-    settings = parse(spdy.settings_frame([(0, 7, 65536)]))
+    # SETTINGS (one entry: flags 0, id 7 = initial window, value 65536) as spdystream-era peers send it.
+    settings = parse(bytes.fromhex("80030004" "0000000c" "00000001" "00000007" "00010000"))
     assert settings.settings == [(0, 7, 65536)]
     data = parse(spdy.data_frame(3, b"hello", fin=True))
     assert (data.kind, data.stream_id, data.data, data.flags) == (0, 3, b"hello", spdy.FLAG_FIN)
@@ -103,12 +103,14 @@ async def _pipe_sessions(on_stream: spdy.StreamHandler) -> tuple[spdy.Session, s
 
 
 async def test_session_streams_echo_and_half_close() -> None:
+    tasks: list[asyncio.Task[None]] = []
+
     async def echo(stream: spdy.Stream) -> None:
         async def run() -> None:
             while chunk := await stream.read():
                 await stream.write(chunk.upper())
             await stream.close()
-        asyncio.ensure_future(run())
+        tasks.append(asyncio.ensure_future(run()))
 
     client, server_session, server = await _pipe_sessions(echo)
     try:

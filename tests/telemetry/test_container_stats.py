@@ -17,9 +17,7 @@ from crishim.errors import NotFound
 from crishim.sandbox.model import Sandbox
 from crishim.server.observability import ObservabilityMixins
 from crishim.stats import StatsCollector
-from tests.container.conftest import IMAGE, Env, Pod, busybox_rootfs, env, pod, spec, wait_until
-
-__all__ = ["busybox_rootfs", "env", "pod"]  # fixtures borrowed from the container suite
+from tests.container.ctrutil import IMAGE, Env, Pod, spec, wait_until
 
 MiB = 1024 * 1024
 # Holds 32 MiB in a shell variable, writes 1 MiB to its writable layer, then burns CPU.

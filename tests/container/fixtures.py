@@ -1,4 +1,4 @@
-"""Fixtures for the container tests (helpers in ctrutil.py)."""
+"""Container fixtures shared by the container, streaming and telemetry suites (helpers in ctrutil.py)."""
 
 from __future__ import annotations
 
