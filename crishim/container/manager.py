@@ -232,7 +232,7 @@ class ContainerManager:
         )
         await self._launch(c, oci, handler)
         self._notify(c, "created")
-        log.info("container created", extra={"container": cid, "name": spec.name,
+        log.info("container created", extra={"container": cid, "container_name": spec.name,
                                               "sandbox": sandbox.id, "pid": c.pid})
         return c
 

@@ -350,7 +350,12 @@ class ImageManager:
                         await self._ensure_blob(client, {"digest": layer.digest, "size": layer.size})
                         await self._ensure_layer(layer)
 
-                await asyncio.gather(*(one(layer) for layer in layers))
+                # Every layer settles before the pull answers: a failed layer must not leave a
+                # sibling still unpacking behind the garbage collection that follows the error.
+                outcomes = await asyncio.gather(*(one(layer) for layer in layers), return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
                 for digest, data in manifests.items():
                     await asyncio.to_thread(self.store.put_blob, digest, data)
                 blobs[config_desc["digest"]] = config_desc["size"]

@@ -20,6 +20,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Burns CPU and holds the memory it was told to allocate until killed; prints once it holds it.
 BUSY = """
 import sys
+sys.stdin.readline()  # allocate only once the test has placed this process in its cgroup
 hold = bytearray(int(sys.argv[1]))
 for i in range(0, len(hold), 4096):
     hold[i] = 1
@@ -84,14 +85,21 @@ def _rmdir(path: Path) -> bool:
 
 
 @pytest.fixture
-def busy() -> Iterator[Callable[[int], subprocess.Popen[str]]]:
-    """Start processes that burn CPU and hold `size` bytes of memory; killed afterwards."""
+def busy() -> Iterator[Callable[[int, Callable[[int], None]], subprocess.Popen[str]]]:
+    """Start processes that burn CPU and hold `size` bytes of memory; killed afterwards.
+
+    `place(pid)` runs before the process allocates, so its memory is charged where the test put it.
+    """
     procs: list[subprocess.Popen[str]] = []
 
-    def start(size: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-c", BUSY, str(size)], stdout=subprocess.PIPE,
-                                text=True)
+    def start(size: int, place: Callable[[int], None]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", BUSY, str(size)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
         procs.append(proc)
+        place(proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         return proc
 
     yield start

@@ -28,6 +28,9 @@ def _v1_available() -> bool:
     return (CGROUP_ROOT / "memory").is_dir() and not (CGROUP_ROOT / "cgroup.controllers").exists()
 
 
+Busy = Callable[[int, Callable[[int], None]], subprocess.Popen[str]]
+
+
 def test_cpu_rate_needs_two_samples() -> None:
     rates = CpuRates()
     assert rates.update("c", 1_000_000_000, 5_000_000_000) is None
@@ -53,13 +56,12 @@ def test_parse_net_dev() -> None:
 @pytest.mark.root
 @pytest.mark.skipif(not _v1_available(), reason="needs cgroup v1 hierarchies")
 def test_v1_reader_follows_a_busy_process(cgroup_dirs: Callable[[Path, list[str]], str],
-                                          busy: Callable[[int], subprocess.Popen[str]]) -> None:
+                                          busy: Busy) -> None:
     relative = cgroup_dirs(CGROUP_ROOT, V1_CONTROLLERS)
     reader = CgroupReader(CGROUP_ROOT, unified=False)
     empty = reader.read(relative)
     assert empty is not None and empty.processes == 0
-    proc = busy(64 * MiB)
-    _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, proc.pid)
+    proc = busy(64 * MiB, lambda pid: _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, pid))
     assert proc.stdout is not None and proc.stdout.readline().strip() == "allocated"
     assert cgroup_of(proc.pid, reader) == relative
     first = reader.read(relative)
@@ -80,11 +82,10 @@ def test_v1_reader_follows_a_busy_process(cgroup_dirs: Callable[[Path, list[str]
 @pytest.mark.root
 @pytest.mark.skipif(not _v1_available(), reason="needs cgroup v1 hierarchies")
 def test_v1_memory_limit_gives_available_bytes(cgroup_dirs: Callable[[Path, list[str]], str],
-                                               busy: Callable[[int], subprocess.Popen[str]]) -> None:
+                                               busy: Busy) -> None:
     relative = cgroup_dirs(CGROUP_ROOT, V1_CONTROLLERS)
     (CGROUP_ROOT / "memory" / relative.lstrip("/") / "memory.limit_in_bytes").write_text(str(256 * MiB))
-    proc = busy(32 * MiB)
-    _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, proc.pid)
+    proc = busy(32 * MiB, lambda pid: _enter(CGROUP_ROOT, V1_CONTROLLERS, relative, pid))
     assert proc.stdout is not None and proc.stdout.readline().strip() == "allocated"
     stats = CgroupReader(CGROUP_ROOT).read(relative)
     assert stats is not None and stats.memory_limit == 256 * MiB
@@ -94,15 +95,14 @@ def test_v1_memory_limit_gives_available_bytes(cgroup_dirs: Callable[[Path, list
 
 @pytest.mark.root
 def test_v2_reader_reads_cpu_and_processes(cgroup_dirs: Callable[[Path, list[str]], str],
-                                           busy: Callable[[int], subprocess.Popen[str]]) -> None:
+                                           busy: Busy) -> None:
     unified = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "unified"
     if not (unified / "cgroup.controllers").exists():
         pytest.skip("no cgroup2 mount")
     base = unified.parent
     relative = cgroup_dirs(base, [unified.name])
     reader = CgroupReader(unified, unified=True)
-    proc = busy(MiB)
-    (unified / relative.lstrip("/") / "cgroup.procs").write_text(str(proc.pid))
+    proc = busy(MiB, lambda pid: (unified / relative.lstrip("/") / "cgroup.procs").write_text(str(pid)))
     assert cgroup_of(proc.pid, reader) == relative
     first = reader.read(relative)
     assert first is not None and first.cpu_usage_ns is not None and first.processes == 1
