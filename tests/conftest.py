@@ -63,6 +63,7 @@ def server_factory(tmp_path: Path, node: TestNode) -> Iterator[Callable[..., Cri
 
     yield make
     for server in made:
+        server.remove_all_pods()
         server.stop()
         remove_root(server.root)
 

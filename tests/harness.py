@@ -229,6 +229,18 @@ class CrishimServer:
     def images(self) -> api_pb2_grpc.ImageServiceStub:
         return api_pb2_grpc.ImageServiceStub(self._channel())
 
+    def remove_all_pods(self) -> None:
+        """Best effort, for teardown after a failed test: what a test left running must not outlive it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            rt = self.runtime()
+            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items:
+                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        except grpc.RpcError:
+            pass
+
     def close_channel(self) -> None:
         if self.channel is not None:
             self.channel.close()
