@@ -37,8 +37,9 @@ from crishim.image.registry import (
 )
 from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
-from crishim.image.store import INDEX_VERSION, Store, sha256_digest, write_atomic
+from crishim.image.store import INDEX_VERSION, Store, sha256_digest
 from crishim.image.unpack import DiskUsage, disk_usage, unpack_layer
+from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
 
 log = logging.getLogger(__name__)
@@ -579,7 +580,7 @@ class ImageManager:
             def setup() -> None:
                 for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
                     path.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.store.rootfs / f"{container_id}.json", data.encode())
+                write_bytes_atomic(self.store.rootfs / f"{container_id}.json", data.encode())
 
             await asyncio.to_thread(setup)
             self._rootfs[container_id] = (rootfs, diff_ids)

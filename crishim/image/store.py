@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.errors import InvalidArgument
+from crishim.store import write_bytes_atomic
 
 INDEX_VERSION = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -37,21 +38,6 @@ def _hex(digest: str) -> str:
 
 def sha256_digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Store:
@@ -73,6 +59,9 @@ class Store:
             leftover.unlink()
         for leftover in self.layers.glob(".tmp-*"):
             shutil.rmtree(leftover)
+        for directory in (self.root, self.blobs, self.rootfs):
+            for leftover in directory.glob(".*.tmp"):  # atomic writes a crash interrupted
+                leftover.unlink()
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / _hex(digest)
@@ -91,7 +80,7 @@ class Store:
         if actual != digest:
             raise InvalidArgument(f"content has digest {actual}, expected {digest}")
         if not self.has_blob(digest):
-            write_atomic(self.blob_path(digest), data)
+            write_bytes_atomic(self.blob_path(digest), data)
 
     def put_file(self, src: Path, expected: str = "") -> tuple[str, int]:
         """Copy `src` into the store, hashing it on the way; returns its digest and size."""
@@ -145,7 +134,7 @@ class Store:
         return data
 
     def save_index(self, data: dict[str, Any]) -> None:
-        write_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True).encode())
+        write_bytes_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def collect(self, blobs: set[str], layers: set[str]) -> None:
         """Delete every blob and layer not in the sets (given as hex digests)."""

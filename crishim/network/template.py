@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from pathlib import Path
 
 from crishim.errors import InvalidArgument
+from crishim.store import write_bytes_atomic
 
 RENDERED_NAME = "10-crishim-net.conflist"
 
@@ -36,10 +36,5 @@ def write_rendered(conf_dir: str, text: str) -> Path:
     """Atomically, so the conf dir watcher never loads a half-written file."""
     target = Path(conf_dir) / RENDERED_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{RENDERED_NAME}.tmp")
-    with open(tmp, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
+    write_bytes_atomic(target, text.encode())
     return target
