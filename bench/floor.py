@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import cni
-from bench.measure import drive, rate, summarise
+from bench.measure import drive
 from crishim.network.podnet import POD_ANNOTATIONS_CAPABILITY, POD_IFNAME
 from crishim.sandbox.namespaces import PodNamespaces, pin_namespaces, release_namespaces
 from tests.harness import CNI_BIN_DIR
@@ -104,7 +104,7 @@ class FloorCycle:
 
 async def run_cycle(client: cni.CNIConfig, net: cni.NetworkConfigList, params: FloorParams, pods: int,
                     concurrency: int) -> dict[str, Any]:
-    """All pods set up with `concurrency` in flight, then all torn down the same way."""
+    """All pods set up with `concurrency` in flight, then all torn down the same way; raw samples."""
     cycle = FloorCycle(client, net)
     batch = [FloorPod.make(params.netns_dir, f"floor-c{concurrency}", i) for i in range(pods)]
     try:
@@ -112,10 +112,8 @@ async def run_cycle(client: cni.CNIConfig, net: cni.NetworkConfigList, params: F
         delete_wall = await drive(batch, concurrency, cycle.tear_down)
     finally:
         await asyncio.shield(cycle.abandon(batch))
-    result: dict[str, Any] = {step: summarise(cycle.samples[step]) for step in STEPS}
-    result.update(create_wall_s=round(create_wall, 3), delete_wall_s=round(delete_wall, 3),
-                  create_per_s=rate(pods, create_wall), pods_per_s=rate(pods, create_wall + delete_wall))
-    return result
+    return {"samples": cycle.samples, "count": pods, "create_wall_s": create_wall,
+            "delete_wall_s": delete_wall}
 
 
 async def measure(params: FloorParams, net: cni.NetworkConfigList) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from bench import report, rpc
 from bench.floor import FloorParams
+from bench.measure import combine
 from bench.servers import BenchServer
 from tests.harness import (
     BRIDGE_CONFLIST,
@@ -84,14 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="READY sandboxes for the scale section (default 1000; 0 skips it)")
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
                         help="comma-separated levels (default 1,8,32)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating floor/crishim rounds per level (default 4)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON results path")
     args = parser.parse_args(argv)
     try:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         parser.error(f"--concurrency: {args.concurrency!r} is not a comma-separated list of integers")
-    if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1:
-        parser.error("--pods and every --concurrency level must be at least 1, --scale at least 0")
+    if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1 or args.rounds < 1:
+        parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale at least 0")
     return args
 
 
@@ -109,15 +112,17 @@ def preflight() -> None:
         raise SystemExit("bench: cannot run: " + "; ".join(problems))
 
 
-def run_floor(node: TestNode, root: Path, conflist: Path, pods: int, levels: list[int]) -> dict[str, Any]:
+def run_floor(node: TestNode, root: Path, conflist: Path, pods: int, level: int, warmup: int
+              ) -> dict[str, Any]:
+    """One floor round at one concurrency level, as its own process in the node; raw samples."""
     params = FloorParams(conflist=str(conflist), netns_dir=str(root / "floor-netns"),
-                         cache_dir=str(root / "floor-cni-cache"), pods=pods, concurrency=levels,
-                         warmup=WARMUP_PODS)
+                         cache_dir=str(root / "floor-cni-cache"), pods=pods, concurrency=[level],
+                         warmup=warmup)
     done = subprocess.run([*node.prefix(), sys.executable, "-m", "bench.floor", params.to_json()],
                           cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the floor run failed ({done.returncode}):\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)[str(level)]
     return result
 
 
@@ -130,13 +135,25 @@ def start_server(stack: contextlib.ExitStack, node: TestNode, root: Path, name: 
     return server
 
 
-def measure_crishim(server: BenchServer, pods: int, levels: list[int]) -> dict[str, Any]:
+def measure_levels(node: TestNode, root: Path, conflist: Path, server: BenchServer, pods: int,
+                   levels: list[int], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Floor and crishim in alternating rounds per level, so drifting background load hits both alike."""
     asyncio.run(rpc.lifecycle(str(server.socket), WARMUP_PODS, 1, "warmup"))
-    out = {}
+    floor: dict[str, Any] = {}
+    crishim: dict[str, Any] = {}
+    per_round = [pods // rounds + (1 if r < pods % rounds else 0) for r in range(rounds)]
     for level in levels:
-        progress(f"crishim: {pods} pods at concurrency {level}")
-        out[str(level)] = asyncio.run(rpc.lifecycle(str(server.socket), pods, level, f"c{level}"))
-    return out
+        progress(f"{pods} pods at concurrency {level}, floor and crishim in {rounds} alternating rounds")
+        floor_rounds, crishim_rounds = [], []
+        for number, count in enumerate(per_round):
+            if count:
+                warmup = WARMUP_PODS if level == levels[0] and number == 0 else 0
+                floor_rounds.append(run_floor(node, root, conflist, count, level, warmup))
+                crishim_rounds.append(asyncio.run(rpc.lifecycle(str(server.socket), count, level,
+                                                                f"c{level}-r{number}")))
+        floor[str(level)] = combine(floor_rounds)
+        crishim[str(level)] = combine(crishim_rounds)
+    return floor, crishim
 
 
 def measure_scale(stack: contextlib.ExitStack, node: TestNode, root: Path, count: int) -> dict[str, Any]:
@@ -172,7 +189,8 @@ def leftovers(node: TestNode, root: Path, pids: list[int]) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     net = bench_network()
     results: dict[str, Any] = {"config": {
-        "pods": args.pods, "concurrency": args.levels, "scale": args.scale, "cpus": os.cpu_count(),
+        "pods": args.pods, "concurrency": args.levels, "rounds": args.rounds, "scale": args.scale,
+        "cpus": os.cpu_count(),
         "kernel": platform.release(), "network": describe(net),
         "floor_method": "crishim's pin_namespaces (thread + unshare + bind mount) then the cni library's "
                         "ADD, in one asyncio process in the test node; teardown DEL then release",
@@ -190,14 +208,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             floor_net = copy.deepcopy(net)
             floor_net["plugins"][1]["ipam"]["dataDir"] = str(root / "floor-ipam")
             conflist.write_text(json.dumps(floor_net))
-            progress(f"floor: {args.pods} pods at concurrency {args.levels}")
-            results["floor"] = run_floor(node, root, conflist, args.pods, args.levels)
             server = start_server(stack, node, root, "crishim", net)
             pids.append(server.pid())
             wired = asyncio.run(rpc.containers_wired(str(server.socket)))
             results["containers"] = {"measured": False,
                                      "note": CONTAINERS_NOT_BENCHED if wired else CONTAINERS_NOT_WIRED}
-            results["crishim"] = measure_crishim(server, args.pods, args.levels)
+            results["floor"], results["crishim"] = measure_levels(
+                node, root, conflist, server, args.pods, args.levels, args.rounds)
             results["ratios"] = report.ratios(results["floor"], results["crishim"])
             server.stop()
             if args.scale:

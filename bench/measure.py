@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -50,3 +50,25 @@ async def drive(items: Sequence[T], concurrency: int, fn: Callable[[T], Awaitabl
 
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 2) if seconds > 0 else 0.0
+
+
+def combine(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the raw rounds of one concurrency level into percentiles and rates.
+
+    The floor and crishim run in alternating rounds so both meet the same background load (the kernel
+    frees network namespaces asynchronously, long after the pods that used them are gone).
+    """
+    samples: dict[str, list[float]] = {}
+    for one in rounds:
+        for name, values in one["samples"].items():
+            samples.setdefault(name, []).extend(values)
+    count = sum(one["count"] for one in rounds)
+    create = sum(one["create_wall_s"] for one in rounds)
+    delete = sum(one["delete_wall_s"] for one in rounds)
+    result: dict[str, Any] = {name: summarise(values) for name, values in samples.items()}
+    result.update(create_wall_s=round(create, 3), delete_wall_s=round(delete, 3),
+                  create_per_s=rate(count, create), pods_per_s=rate(count, create + delete))
+    errors = [e for one in rounds for e in one.get("errors", [])]
+    if any("errors" in one for one in rounds):
+        result.update(errors=len(errors), error_samples=errors[:5])
+    return result

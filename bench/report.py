@@ -105,7 +105,8 @@ def render(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [f"crishim bench: {cfg['pods']} pods per level, concurrency {cfg['concurrency']}, "
              f"{cfg['cpus']} CPUs, kernel {cfg['kernel']}",
-             f"network: {cfg['network']}", f"floor: {cfg['floor_method']}", ""]
+             f"network: {cfg['network']}", f"floor: {cfg['floor_method']}",
+             f"floor and crishim alternate in {cfg['rounds']} rounds per concurrency level", ""]
     for level, ours in results["crishim"].items():
         base = results["floor"][level]
         lines.append(f"concurrency {level:<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'n':>7}")

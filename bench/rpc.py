@@ -11,12 +11,11 @@ from typing import Any
 
 import grpc
 
-from bench.measure import Summary, drive, rate, summarise
+from bench.measure import Summary, drive, summarise
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.sandbox.podutil import pod_config
 
 RPCS = ("run", "status", "stop", "remove", "stop_remove")
-ERROR_SAMPLE_LIMIT = 5
 
 
 def channel(socket: str) -> grpc.aio.Channel:
@@ -77,12 +76,8 @@ async def lifecycle(socket: str, pods: int, concurrency: int, tag: str) -> dict[
         create_wall = await drive(configs(tag, pods), concurrency, cycle.run)
         await drive(list(cycle.ids), concurrency, cycle.status)
         delete_wall = await drive(list(cycle.ids), concurrency, cycle.stop_remove)
-    result: dict[str, Any] = {rpc: summarise(cycle.samples[rpc]) for rpc in RPCS}
-    result.update(create_wall_s=round(create_wall, 3), delete_wall_s=round(delete_wall, 3),
-                  create_per_s=rate(len(cycle.ids), create_wall),
-                  pods_per_s=rate(len(cycle.ids), create_wall + delete_wall),
-                  errors=len(cycle.errors), error_samples=cycle.errors[:ERROR_SAMPLE_LIMIT])
-    return result
+    return {"samples": {rpc: cycle.samples[rpc] for rpc in RPCS}, "count": len(cycle.ids),
+            "create_wall_s": create_wall, "delete_wall_s": delete_wall, "errors": cycle.errors}
 
 
 async def populate(socket: str, count: int, concurrency: int, tag: str) -> list[str]:

@@ -33,12 +33,13 @@ from crishim.sandbox.namespaces import (
     PodNamespaces,
     apply_sysctls,
     is_pinned,
-    pin_namespaces,
+    pin,
     release_namespaces,
+    run_in_thread,
     unmount,
 )
 from crishim.sandbox.validate import validate_spec
-from crishim.store import read_json, remove_file, write_json_atomic
+from crishim.store import Syncer, read_json, remove_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SandboxManager:
         self._background: set[asyncio.Task[None]] = set()
         self._node_hostname = socket.gethostname()
         self.on_change: Callable[[Sandbox, str], None] | None = None
+        self.syncer = Syncer()
 
     # ---- lookup -------------------------------------------------------------------------------
 
@@ -105,8 +107,18 @@ class SandboxManager:
         return self.root / sandbox_id / RECORD
 
     async def _persist(self, sandbox: Sandbox) -> None:
+        """Write the record at every state change; the syncer makes it durable soon after.
+
+        A killed crishim finds every record (the page cache outlives it). A power cut can lose the last
+        few; a reboot also drops every namespace, so recovery then sees pods whose netns is gone (teardown
+        owed) and CNI GC releases attachments no record names.
+        """
         del sandbox.timeline[:-TIMELINE_LIMIT]
-        await asyncio.to_thread(write_json_atomic, self._record_path(sandbox.id), sandbox.to_json())
+        await asyncio.to_thread(self._write_record, sandbox)
+        self.syncer.mark(self._record_path(sandbox.id))
+
+    def _write_record(self, sandbox: Sandbox) -> None:
+        write_json_atomic(self._record_path(sandbox.id), sandbox.to_json(), durable=False)
 
     # ---- run ----------------------------------------------------------------------------------
 
@@ -164,7 +176,6 @@ class SandboxManager:
             self._sandboxes[sandbox.id] = sandbox
             self._by_key[spec.dedupe_key()] = sandbox.id
             try:
-                await self._persist(sandbox)
                 await self._set_up(sandbox)
                 sandbox.state = SandboxState.READY
                 await self._persist(sandbox)
@@ -179,20 +190,42 @@ class SandboxManager:
         self._notify(sandbox, "started")
         return sandbox.id
 
+    def _pin_netns(self, sandbox: Sandbox) -> None:
+        """The CREATING record (naming the netns path before it exists), then the netns: all that CNI ADD
+        needs. Runs on a throw-away thread that ends inside the new namespace."""
+        self._write_record(sandbox)
+        if sandbox.netns_path:
+            started, clock = time.time(), time.perf_counter()
+            pin(PodNamespaces(net=sandbox.netns_path), "")
+            sandbox.timeline.append(PluginTiming(verb="PIN", plugin_type="netns", started=started,
+                                                 duration=time.perf_counter() - clock))
+
+    def _prepare_for_containers(self, sandbox: Sandbox) -> None:
+        """Pod files, /dev/shm and the IPC and UTS namespaces: only containers need them, so this runs
+        beside CNI ADD (on its own throw-away thread) instead of before it."""
+        write_pod_files(sandbox, self._node_hostname)
+        spec = sandbox.spec
+        pin(PodNamespaces(ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path), spec.hostname or spec.name)
+
     async def _set_up(self, sandbox: Sandbox) -> None:
         spec = sandbox.spec
-        started, clock = time.time(), time.perf_counter()
-        await pin_namespaces(self.namespaces(sandbox), spec.hostname or spec.name)
-        sandbox.timeline.append(PluginTiming(verb="PIN", plugin_type="namespaces", started=started,
-                                             duration=time.perf_counter() - clock))
-        await asyncio.to_thread(write_pod_files, sandbox, self._node_hostname)
-        if not spec.host_network:
-            net, result = await self.network.set_up(
-                self._attachment(sandbox, sandbox.netns_path), sandbox.timeline)
-            sandbox.network_name = net.name
-            sandbox.cni_result = result.raw
-            sandbox.ips = pod_ips(result)
+        await run_in_thread(lambda: self._pin_netns(sandbox))
+        self.syncer.mark(self._record_path(sandbox.id))
+        outcomes = await asyncio.gather(run_in_thread(lambda: self._prepare_for_containers(sandbox)),
+                                        self._add_network(sandbox), return_exceptions=True)
+        for outcome in outcomes:  # both settle before a failure is handled, so rollback sees all
+            if isinstance(outcome, BaseException):
+                raise outcome
         await apply_sysctls(self.namespaces(sandbox), spec.sysctls)
+
+    async def _add_network(self, sandbox: Sandbox) -> None:
+        if sandbox.spec.host_network:
+            return
+        net, result = await self.network.set_up(
+            self._attachment(sandbox, sandbox.netns_path), sandbox.timeline)
+        sandbox.network_name = net.name
+        sandbox.cni_result = result.raw
+        sandbox.ips = pod_ips(result)
 
     async def _roll_back(self, sandbox: Sandbox, cause: BaseException) -> None:
         sandbox.last_error = str(cause) or type(cause).__name__
@@ -287,6 +320,7 @@ class SandboxManager:
                 sandbox.state = SandboxState.NOTREADY
                 sandbox.last_error = f"network namespace {sandbox.netns_path} is gone"
                 await self._persist(sandbox)
+        self.syncer.start()
         log.info("recovered sandboxes", extra={"count": len(self._sandboxes)})
         self._spawn(self._collect_garbage_when_ready())
         self._spawn(self._reap_pending())
@@ -333,6 +367,7 @@ class SandboxManager:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.syncer.close()
 
 
 def pod_ips(result: cni.Result) -> list[str]:

@@ -114,7 +114,9 @@ class PodNamespaces:
         return [entry for entry in entries if entry[2]]
 
 
-def _pin(namespaces: PodNamespaces, hostname: str) -> None:
+def pin(namespaces: PodNamespaces, hostname: str) -> None:
+    """Blocking form of `pin_namespaces`: only for a thread from `run_in_thread`, which it leaves inside
+    the new namespaces."""
     made: list[str] = []
     try:
         for _, _, path in namespaces.pinned():
@@ -146,7 +148,7 @@ def _release(paths: list[str]) -> None:
 
 async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:
     """Create the pod's namespaces (hostname set, `lo` up) and bind-mount them at their paths."""
-    await run_in_thread(lambda: _pin(namespaces, hostname))
+    await run_in_thread(lambda: pin(namespaces, hostname))
 
 
 async def release_namespaces(namespaces: PodNamespaces) -> None:

@@ -18,35 +18,36 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write a temp file beside `path` (unique, so concurrent writers never share one), fsync it and
-    rename it over `path`; with `sync_dir`, fsync the directory so the rename itself is durable."""
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
+    """Write a temp file beside `path` (unique, so concurrent writers never share one) and rename it over
+    `path`. The rename alone survives a killed process; `durable` adds the fsync that makes the content
+    survive a power cut, and `sync_dir` the directory fsync that makes the rename itself survive one."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    if sync_dir:
+    if durable and sync_dir:
         _fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """A JSON record; directories are fsynced only when the record is new.
-
-    Replacing an existing record without a directory fsync can at worst leave the previous (complete)
-    record after a power cut, which recovery handles anyway; a new record must survive one.
-    """
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True, sync_dirs: bool | None = None) -> None:
+    """A JSON record. With `durable`, its directory and the one above are fsynced too when the record
+    is new (or when `sync_dirs` says so: the first durable write of a record written before without)."""
     is_new = not path.exists()
     if is_new:
         path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, json.dumps(data, separators=(",", ":")).encode(), sync_dir=is_new)
-    if is_new:
+    dirs = is_new if sync_dirs is None else sync_dirs
+    payload = json.dumps(data, separators=(",", ":")).encode()
+    write_bytes_atomic(path, payload, durable=durable, sync_dir=dirs)
+    if durable and dirs:
         _fsync_dir(path.parent.parent)
 
 
