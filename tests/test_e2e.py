@@ -7,16 +7,19 @@ image references stay identical inside and outside the node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.harness import CrishimServer, TestNode, poll, run
+from tests.harness import REPO, CrishimServer, TestNode, poll, run
 from tests.image_fixtures import TestImages
 from tests.sandbox.podutil import node_leftovers, pod_config, run_pod, status, stop_and_remove
 
@@ -73,15 +76,15 @@ def container_state(server: CrishimServer, container_id: str) -> api_pb2.Contain
         api_pb2.ContainerStatusRequest(container_id=container_id)).status
 
 
-def conmon_pids() -> set[str]:
-    return set(run(["pgrep", "-x", "conmon"], check=False).stdout.split())
+def conmon_pids(server: CrishimServer) -> set[str]:
+    """conmon processes of this server (other suites may run their own)."""
+    return set(run(["pgrep", "-f", f"conmon .*{server.root}"], check=False).stdout.split())
 
 
 def test_pod_with_containers_end_to_end(node: TestNode, server_factory: Callable[..., CrishimServer],
                                         node_registry: str, busybox_image: str, tmp_path: Path) -> None:
     server = server_factory()
     before = node_leftovers(node, server)
-    conmons_before = conmon_pids()
     images = server.images()
     image_ref = images.PullImage(api_pb2.PullImageRequest(
         image=api_pb2.ImageSpec(image=busybox_image))).image_ref
@@ -165,5 +168,97 @@ def test_pod_with_containers_end_to_end(node: TestNode, server_factory: Callable
     images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image_ref)))
     assert images.ListImages(api_pb2.ListImagesRequest()).images == []
     assert node_leftovers(node, server) == before
-    poll(lambda: conmon_pids() <= conmons_before, what="every conmon to exit")
+    poll(lambda: not conmon_pids(server), what="every conmon to exit")
     assert not [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(server.root) in m]
+
+
+STREAM_CLIENT = """
+import asyncio, json, sys
+from tests.streaming import client
+
+async def main(kind, url):
+    if kind == "exec":
+        result = await client.spdy_remotecommand(url, stdout=True, stderr=True)
+        print(json.dumps({"stdout": result.stdout.decode(), "stderr": result.stderr.decode(),
+                          "exit": result.exit_code}))
+    else:
+        answer, session = await client.spdy_connect(url, ["portforward.k8s.io"])
+        assert session is not None, answer
+        data, error = await client.spdy_port_forward(session, 80, 0, b"GET / HTTP/1.0\\r\\n\\r\\n")
+        await session.close()
+        print(json.dumps({"data": data.decode(errors="replace"), "error": error.decode()}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def stream_from_node(node: TestNode, kind: str, url: str) -> dict[str, object]:
+    """The streaming server listens on the node's loopback: the client runs in the node too."""
+    result = run([*node.prefix(), sys.executable, "-c", STREAM_CLIENT, kind, url], cwd=REPO, timeout=60)
+    return dict(json.loads(result.stdout))
+
+
+def test_streaming_stats_events_metrics_end_to_end(node: TestNode,
+                                                   server_factory: Callable[..., CrishimServer],
+                                                   node_registry: str, busybox_image: str) -> None:
+    server = server_factory(**{"metrics.address": "127.0.0.1:19101"})
+    rt = server.runtime()
+    events: list[api_pb2.ContainerEventResponse] = []
+    subscription = rt.GetContainerEvents(api_pb2.GetEventsRequest())
+
+    def collect() -> None:
+        with contextlib.suppress(grpc.RpcError):  # ends with the cancellation below
+            events.extend(subscription)
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    server.images().PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=busybox_image)))
+    pod = pod_config("streamed")
+    pod_id = run_pod(server, pod)
+    web = start_container(server, pod_id, pod, container_config(
+        "web", busybox_image, "sh", "-c",
+        "mkdir -p /www && echo hello-forwarded > /www/index.html && exec httpd -f -p 80 -h /www"))
+
+    url = rt.Exec(api_pb2.ExecRequest(container_id=web, cmd=["sh", "-c", "echo -n hello; exit 3"],
+                                      stdout=True, stderr=True)).url
+    assert url.startswith("http://127.0.0.1:")
+    assert stream_from_node(node, "exec", url) == {"stdout": "hello", "stderr": "", "exit": 3}
+    forward = rt.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod_id, port=[80])).url
+
+    def forwarded() -> bool:
+        answer = stream_from_node(node, "portforward", forward)
+        return "hello-forwarded" in str(answer["data"])
+
+    poll(forwarded, what="port-forward to httpd in the pod")
+
+    stats = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=web)).stats
+    assert stats.cpu.timestamp > 0 and stats.cpu.usage_core_nano_seconds.value > 0
+    assert stats.memory.working_set_bytes.value > 0
+    pod_stats = rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    eth0 = pod_stats.linux.network.default_interface
+    assert eth0.name == "eth0" and eth0.rx_bytes.value > 0 and eth0.tx_bytes.value > 0
+
+    from prometheus_client.parser import text_string_to_metric_families
+    scrape = node.sh(sys.executable, "-c", HTTP_GET, "http://127.0.0.1:19101/metrics").stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(scrape) for s in family.samples}
+    cni_adds = [v for (name, labels), v in samples.items()
+                if name == "crishim_cni_operation_duration_seconds_count" and ("verb", "ADD") in labels]
+    assert sum(cni_adds) >= 3  # loopback, bridge and portmap for this pod
+    assert any(name == "crishim_rpc_duration_seconds_count" and ("method", "RunPodSandbox") in labels
+               for name, labels in samples)
+
+    stop_and_remove(server, pod_id)
+    expected = [(pod_id, api_pb2.CONTAINER_CREATED_EVENT), (pod_id, api_pb2.CONTAINER_STARTED_EVENT),
+                (web, api_pb2.CONTAINER_CREATED_EVENT), (web, api_pb2.CONTAINER_STARTED_EVENT),
+                (web, api_pb2.CONTAINER_STOPPED_EVENT), (pod_id, api_pb2.CONTAINER_STOPPED_EVENT),
+                (web, api_pb2.CONTAINER_DELETED_EVENT), (pod_id, api_pb2.CONTAINER_DELETED_EVENT)]
+
+    def delivered() -> list[tuple[str, int]]:
+        return [item for item in ((e.container_id, e.container_event_type) for e in list(events))
+                if item in expected]
+
+    poll(lambda: len(delivered()) >= len(expected), what="every lifecycle event")
+    subscription.cancel()
+    collector.join(10)
+    assert delivered() == expected
