@@ -102,3 +102,16 @@ def test_update_runtime_config_renders_template(tmp_path: Path,
                                                         [{"subnet": "fd00:77::/64"}]]
     assert rendered["plugins"][0]["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     poll(lambda: network_condition(server).status, what="the rendered network")
+
+
+def test_recreated_conf_dir_is_watched_again(server_factory: Callable[..., CrishimServer]) -> None:
+    server = server_factory()
+    poll(lambda: network_condition(server).status, what="the initial network")
+    shutil.rmtree(server.conf_dir)
+    poll(lambda: not network_condition(server).status, what="NetworkReady to drop with the dir")
+    server.conf_dir.mkdir()
+    (server.conf_dir / "10-net.conflist").write_text(json.dumps(BRIDGE_CONFLIST))
+    poll(lambda: network_condition(server).status, what="the network in the recreated dir")
+    (server.conf_dir / "10-net.conflist").unlink()
+    poll(lambda: not network_condition(server).status, timeout=2.0,
+         what="inotify on the recreated dir to see the removal")
