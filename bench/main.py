@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, rpc
+from bench import containers, report, rpc
+from bench.ctrfloor import CtrFloorParams
 from bench.floor import FloorParams
 from bench.measure import combine
 from bench.servers import BenchServer
@@ -41,9 +42,15 @@ WARMUP_PODS = 3
 SCALE_CONCURRENCY = 32
 SCALE_LISTS = 30
 SCALE_STATUSES = 300
-CONTAINERS_NOT_WIRED = "not measured (container support not wired yet)"
-CONTAINERS_NOT_BENCHED = ("not measured (CreateContainer is wired, but this benchmark has no container "
-                          "rows yet)")
+MAX_DEFAULT_CONTAINERS = 50
+CONTAINER_WARMUP = 2
+CONTAINER_TOOLS = ("conmon", "runc", "umoci", "skopeo")
+CONTAINER_FLOOR_METHOD = (
+    "crishim's own create path minus gRPC and records: bundle dir, overlay rootfs (crishim's Rootfs, lower "
+    "dir = umoci's unpacked copy of the image's one layer), spec_from_config + build_spec, config.json, "
+    "conmon.create (conmon runs runc create), then handler.start; teardown handler.kill SIGKILL, wait for "
+    "conmon's exit, handler.delete, unmount, rm; one pinned pod (net/ipc/uts + pod files) per container, "
+    "untimed")
 
 
 def bench_network() -> dict[str, Any]:
@@ -87,22 +94,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated levels (default 1,8,32)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="alternating floor/crishim rounds per level (default 4)")
+    parser.add_argument("--containers", type=int, default=None,
+                        help=f"containers for the container rows (default min(--pods, "
+                             f"{MAX_DEFAULT_CONTAINERS}); 0 skips them)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON results path")
     args = parser.parse_args(argv)
     try:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         parser.error(f"--concurrency: {args.concurrency!r} is not a comma-separated list of integers")
-    if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1 or args.rounds < 1:
-        parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale at least 0")
+    if args.containers is None:
+        args.containers = min(args.pods, MAX_DEFAULT_CONTAINERS)
+    if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1 or args.rounds < 1 \
+            or args.containers < 0:
+        parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale and "
+                     "--containers at least 0")
     return args
 
 
-def preflight() -> None:
+def preflight(containers: int) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root (network namespaces, bind mounts)")
-    problems += [f"{tool} is missing (run `make install`)" for tool in ("ip", "nsenter", "iptables")
+    tools = ("ip", "nsenter", "iptables", *(CONTAINER_TOOLS if containers else ()))
+    problems += [f"{tool} is missing (run `make install`)" for tool in tools
                  if shutil.which(tool) is None]
     if not Path("/usr/lib/cni/bridge").exists():
         problems.append("/usr/lib/cni has no CNI plugins (run `make install`)")
@@ -118,21 +133,67 @@ def run_floor(node: TestNode, root: Path, conflist: Path, pods: int, level: int,
     params = FloorParams(conflist=str(conflist), netns_dir=str(root / "floor-netns"),
                          cache_dir=str(root / "floor-cni-cache"), pods=pods, concurrency=[level],
                          warmup=warmup)
-    done = subprocess.run([*node.prefix(), sys.executable, "-m", "bench.floor", params.to_json()],
-                          cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the floor run failed ({done.returncode}):\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout)[str(level)]
+    result: dict[str, Any] = run_in_node(node, "bench.floor", params.to_json())[str(level)]
     return result
 
 
+def run_in_node(node: TestNode, module: str, params: str) -> Any:
+    """`python -m MODULE PARAMS` in the test node, as the server runs; its stdout, parsed."""
+    done = subprocess.run([*node.prefix(), sys.executable, "-m", module, params],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
 def start_server(stack: contextlib.ExitStack, node: TestNode, root: Path, name: str,
-                 network: dict[str, Any]) -> BenchServer:
+                 network: dict[str, Any], image: Path | None = None) -> BenchServer:
+    """The server, with `image` (an OCI archive) imported into its store first, if given."""
     server = BenchServer(root=root / name, node=node)
     stack.callback(server.stop)
+    if image is not None:
+        server.root.mkdir(parents=True)
+        server.write_config()
+        containers.import_image(server.config_path, image)
     server.start()
     server.use_network(network)
     return server
+
+
+def split(total: int, rounds: int) -> list[int]:
+    return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
+
+
+def run_container_floor(node: TestNode, root: Path, image: containers.BenchImage, cgroup_top: str,
+                        count: int, tag: str, warmup: int) -> dict[str, Any]:
+    """One container floor round, as its own process in the node; raw samples."""
+    params = CtrFloorParams(root=str(root / "ctr-floor"), lower=str(image.lower),
+                            image_config=image.config, cgroup_top=cgroup_top, tag=tag, count=count,
+                            warmup=warmup)
+    result: dict[str, Any] = run_in_node(node, "bench.ctrfloor", params.to_json())
+    return result
+
+
+def measure_containers(node: TestNode, root: Path, server: BenchServer, image: containers.BenchImage,
+                       count: int, rounds: int, cgroup_top: str) -> dict[str, Any]:
+    """Container create+start and stop+remove, floor and crishim in alternating rounds, concurrency 1."""
+    progress(f"{count} containers, floor and crishim in {rounds} alternating rounds")
+    socket = str(server.socket)
+    floor_rounds, crishim_rounds = [], []
+    for number, n in enumerate(split(count, rounds)):
+        if n:
+            warmup = CONTAINER_WARMUP if number == 0 else 0
+            floor_rounds.append(run_container_floor(node, root, image, cgroup_top, n,
+                                                    f"floor-ctr-r{number}", warmup))
+            if warmup:
+                asyncio.run(containers.crishim_round(socket, warmup, "ctr-warmup", cgroup_top))
+            crishim_rounds.append(asyncio.run(containers.crishim_round(socket, n, f"ctr-r{number}",
+                                                                       cgroup_top)))
+    floor, ours = combine(floor_rounds), combine(crishim_rounds)
+    return {"measured": True, "count": count, "concurrency": containers.CONTAINER_CONCURRENCY,
+            "command": list(containers.COMMAND), "image": containers.IMAGE_REF,
+            "floor_method": CONTAINER_FLOOR_METHOD, "floor": floor, "crishim": ours,
+            "ratios": report.container_ratios(floor, ours)}
 
 
 def measure_levels(node: TestNode, root: Path, conflist: Path, server: BenchServer, pods: int,
@@ -141,7 +202,7 @@ def measure_levels(node: TestNode, root: Path, conflist: Path, server: BenchServ
     asyncio.run(rpc.lifecycle(str(server.socket), WARMUP_PODS, 1, "warmup"))
     floor: dict[str, Any] = {}
     crishim: dict[str, Any] = {}
-    per_round = [pods // rounds + (1 if r < pods % rounds else 0) for r in range(rounds)]
+    per_round = split(pods, rounds)
     for level in levels:
         progress(f"{pods} pods at concurrency {level}, floor and crishim in {rounds} alternating rounds")
         floor_rounds, crishim_rounds = [], []
@@ -175,7 +236,7 @@ def measure_scale(stack: contextlib.ExitStack, node: TestNode, root: Path, count
             "ready_after_recovery": asyncio.run(rpc.count_ready(socket))}
 
 
-def leftovers(node: TestNode, root: Path, pids: list[int]) -> list[str]:
+def leftovers(node: TestNode, root: Path, pids: list[int], cgroup_top: str) -> list[str]:
     found = []
     if Path(node.path).exists():
         found.append(f"test node {node.path}")
@@ -183,6 +244,9 @@ def leftovers(node: TestNode, root: Path, pids: list[int]) -> list[str]:
         found.append(f"temp dir {root}")
     found += [f"mount {target}" for target in mounts_below(root)]
     found += [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
+    found += [f"process {pid} (started with a path under {root})"
+              for pid in containers.processes_below(root)]
+    found += [f"cgroup {path}" for path in containers.cgroups_left(cgroup_top)]
     return found
 
 
@@ -191,11 +255,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {
         "pods": args.pods, "concurrency": args.levels, "rounds": args.rounds, "scale": args.scale,
         "cpus": os.cpu_count(),
-        "kernel": platform.release(), "network": describe(net),
+        "kernel": platform.release(), "network": describe(net), "containers": args.containers,
         "floor_method": "crishim's pin_namespaces (thread + unshare + bind mount) then the cni library's "
                         "ADD, in one asyncio process in the test node; teardown DEL then release",
     }}
     root = Path(tempfile.mkdtemp(prefix="crishim-bench-"))
+    cgroup_top = f"/{root.name}"
     pids: list[int] = []
     node: TestNode | None = None
     try:
@@ -208,21 +273,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             floor_net = copy.deepcopy(net)
             floor_net["plugins"][1]["ipam"]["dataDir"] = str(root / "floor-ipam")
             conflist.write_text(json.dumps(floor_net))
-            server = start_server(stack, node, root, "crishim", net)
+            image = None
+            if args.containers:
+                progress("building the busybox image for the container rows")
+                image = containers.build_image(root / "image")
+            # Registered before the server, so it runs after the server stopped: crishim's runc root
+            # (run_dir/containers/runc) and the container floor's.
+            stack.callback(containers.sweep, [root / "crishim" / "run" / "containers" / "runc",
+                                              root / "ctr-floor" / "runc"], root, cgroup_top)
+            server = start_server(stack, node, root, "crishim", net,
+                                  image.archive if image is not None else None)
             pids.append(server.pid())
-            wired = asyncio.run(rpc.containers_wired(str(server.socket)))
-            results["containers"] = {"measured": False,
-                                     "note": CONTAINERS_NOT_BENCHED if wired else CONTAINERS_NOT_WIRED}
             results["floor"], results["crishim"] = measure_levels(
                 node, root, conflist, server, args.pods, args.levels, args.rounds)
             results["ratios"] = report.ratios(results["floor"], results["crishim"])
+            results["containers"] = {"measured": False, "note": "skipped (--containers 0)"}
+            if image is not None:
+                results["containers"] = measure_containers(node, root, server, image, args.containers,
+                                                           args.rounds, cgroup_top)
             server.stop()
             if args.scale:
                 results["scale"] = measure_scale(stack, node, root, args.scale)
             progress("cleaning up")
     finally:
         if node is not None:
-            left = leftovers(node, root, pids)
+            left = leftovers(node, root, pids, cgroup_top)
             results["cleanup"] = {"ok": not left, "leftovers": left}
     results["targets"] = [t.to_json() for t in report.targets(results)]
     return results
@@ -234,7 +309,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    preflight()
+    preflight(args.containers)
     signal.signal(signal.SIGTERM, _terminate)
     results = run(args)
     print(report.render(results))

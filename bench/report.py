@@ -59,6 +59,16 @@ def ratios(floor: dict[str, Any], crishim: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
+def container_ratios(floor: dict[str, Any], crishim: dict[str, Any]) -> dict[str, float | None]:
+    """Create+Start and Stop+Remove p50s against the floor's; the issue sets no target for them."""
+    return {
+        "create_start_vs_floor_p50": _ratio(crishim["create_start"].get("p50"),
+                                            floor["create_start"].get("p50")),
+        "stop_remove_vs_floor_p50": _ratio(crishim["stop_remove"].get("p50"),
+                                           floor["stop_remove"].get("p50")),
+    }
+
+
 def targets(results: dict[str, Any]) -> list[Target]:
     found: list[Target] = []
     for level, r in results["ratios"].items():
@@ -99,6 +109,27 @@ FLOOR_ROWS = (("pin netns", "pin"), ("CNI ADD", "add"), ("pin + ADD (setup)", "s
               ("CNI DEL", "del"), ("release netns", "unpin"), ("DEL + release (teardown)", "teardown"))
 CRISHIM_ROWS = (("RunPodSandbox", "run"), ("PodSandboxStatus", "status"), ("StopPodSandbox", "stop"),
                 ("RemovePodSandbox", "remove"), ("Stop + Remove", "stop_remove"))
+CTR_FLOOR_ROWS = (("floor bundle+conmon/runc create", "create"), ("floor runc start", "start"),
+                  ("floor create + start", "create_start"), ("floor kill + conmon exit", "stop"),
+                  ("floor delete + unmount + rm", "remove"), ("floor teardown", "stop_remove"))
+CTR_CRISHIM_ROWS = (("CreateContainer", "create"), ("StartContainer", "start"),
+                    ("Create + Start", "create_start"), ("StopContainer (timeout 0)", "stop"),
+                    ("RemoveContainer", "remove"), ("Stop + Remove", "stop_remove"))
+
+
+def render_containers(c: dict[str, Any]) -> list[str]:
+    if not c["measured"]:
+        return [f"containers: {c['note']}"]
+    floor, ours = c["floor"], c["crishim"]
+    lines = [f"containers: {c['count']} x {c['image']} `{' '.join(c['command'])}`, one READY pod each, "
+             f"concurrency {c['concurrency']}",
+             f"container floor: {c['floor_method']}",
+             f"{'':<34}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'n':>7}"]
+    lines += [_row(label, floor[key]) for label, key in CTR_FLOOR_ROWS]
+    lines += [_row(label, ours[key]) for label, key in CTR_CRISHIM_ROWS]
+    if ours["errors"]:
+        lines.append(f"  RPC errors: {ours['errors']}, e.g. {ours['error_samples'][0]}")
+    return lines
 
 
 def render(results: dict[str, Any]) -> str:
@@ -122,6 +153,11 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"  c={level:<4} Run/setup {_fmt(r['run_vs_floor_setup_p50'])}  "
                      f"Stop+Remove/teardown {_fmt(r['stop_remove_vs_floor_teardown_p50'])}  "
                      f"pods/s {_fmt(r['pods_per_s_vs_floor'])}  create/s {_fmt(r['create_per_s_vs_floor'])}")
+    if results["containers"]["measured"]:
+        r = results["containers"]["ratios"]
+        lines.append(f"  containers (c=1, no target) Create+Start/floor create+start "
+                     f"{_fmt(r['create_start_vs_floor_p50'])}  Stop+Remove/floor teardown "
+                     f"{_fmt(r['stop_remove_vs_floor_p50'])}")
     scale = results.get("scale")
     if scale:
         lines += ["", f"scale ({scale['network']})"]
@@ -132,7 +168,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"  restart after kill -9 with {scale['sandboxes']} records: first Version answer after "
                      f"{scale['recovery_s']} s (process start + recovery), RSS then "
                      f"{scale['rss_after_recovery_mb']} MB, {scale['ready_after_recovery']} READY")
-    lines += ["", f"containers: {results['containers']['note']}", "", "targets"]
+    lines += ["", *render_containers(results["containers"]), "", "targets"]
     for target in results["targets"]:
         lines.append(f"  {target['verdict']:<5} {target['name']:<58} {target['goal']:>9}  measured "
                      f"{'-' if target['measured'] is None else target['measured']}")

@@ -110,12 +110,3 @@ async def count_ready(socket: str) -> int:
         response = await runtime_stub(ch).ListPodSandbox(api_pb2.ListPodSandboxRequest())
     return sum(1 for item in response.items if item.state == api_pb2.SANDBOX_READY)
 
-
-async def containers_wired(socket: str) -> bool:
-    """True unless CreateContainer answers UNIMPLEMENTED (an empty request is rejected otherwise)."""
-    async with channel(socket) as ch:
-        try:
-            await runtime_stub(ch).CreateContainer(api_pb2.CreateContainerRequest())
-        except grpc.aio.AioRpcError as exc:
-            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
-    return True

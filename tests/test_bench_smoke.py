@@ -31,6 +31,11 @@ def test_bench_runs_and_cleans_up(tmp_path: Path) -> None:
         assert crishim["errors"] == 0, crishim["error_samples"]
         assert all(crishim[rpc]["n"] == 5 for rpc in ("run", "status", "stop", "remove"))
     assert results["scale"]["ready_after_recovery"] == 20
+    containers = results["containers"]
+    assert containers["measured"] and containers["crishim"]["errors"] == 0, containers["crishim"]
+    assert all(containers[side][step]["n"] == 5 for side in ("floor", "crishim")
+               for step in ("create", "start", "create_start", "stop_remove"))
+    assert containers["ratios"]["create_start_vs_floor_p50"] is not None
     assert {t["verdict"] for t in results["targets"]} <= {"PASS", "MISS"}
     assert "targets" in done.stdout
     assert results["cleanup"] == {"ok": True, "leftovers": []}
