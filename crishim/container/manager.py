@@ -109,6 +109,7 @@ class ContainerManager:
         self._names: dict[tuple[str, str, int], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
+        self._runtime_deleted: set[str] = set()
         self._pidfds: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._installed = False
@@ -379,7 +380,10 @@ class ContainerManager:
         self._notify(c, "deleted")
 
     async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler) -> None:
-        await handler.delete(cid)
+        if cid in self._runtime_deleted:
+            self._runtime_deleted.discard(cid)  # deleted right after it exited: no second `delete`
+        else:
+            await handler.delete(cid)
         await self._rootfs.release_rootfs(cid)
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
@@ -494,6 +498,8 @@ class ContainerManager:
         except OCIRuntimeError as exc:
             log.warning("runtime delete after exit failed", extra={"container": c.id,
                                                                     "error": str(exc)})
+        else:
+            self._runtime_deleted.add(c.id)
 
     def _watch(self, c: Container) -> None:
         """Get woken when conmon exits: it does so right after writing the exit file."""

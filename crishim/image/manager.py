@@ -587,22 +587,30 @@ class ImageManager:
             return rootfs
 
     async def release_rootfs(self, container_id: str) -> None:
-        """Unmount and delete the container's writable layer; unknown ids are no error."""
+        """Unmount and delete the container's writable layer; unknown ids are no error.
+
+        The store is collected only when this rootfs held the last reference to a layer (its image was
+        removed while the container lived): removing containers of live images never scans the store.
+        """
+        known = self._rootfs.get(container_id)
+        if known is None:
+            return
+        rootfs, diff_ids = known
+        await rootfs.unmount()
+
+        def cleanup() -> None:
+            for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+                shutil.rmtree(path, ignore_errors=True)
+            (self.store.rootfs / f"{container_id}.json").unlink(missing_ok=True)
+
+        await asyncio.to_thread(cleanup)
         async with self._lock:
-            known = self._rootfs.get(container_id)
-            if known is None:
+            if self._rootfs.pop(container_id, None) is None:
                 return
-            rootfs = known[0]
-            await rootfs.unmount()
-
-            def cleanup() -> None:
-                for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
-                    shutil.rmtree(path, ignore_errors=True)
-                (self.store.rootfs / f"{container_id}.json").unlink(missing_ok=True)
-
-            await asyncio.to_thread(cleanup)
-            del self._rootfs[container_id]
-            await self._collect_locked()
+            still_used = {layer.diff_id for r in self._images.values() for layer in r.layers}
+            still_used.update(d for _rootfs, ids in self._rootfs.values() for d in ids)
+            if not set(diff_ids) <= still_used:
+                await self._collect_locked()
 
 
 def _flush_close(out: Any) -> None:
