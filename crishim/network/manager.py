@@ -39,7 +39,6 @@ class LoadState:
     load: cni.ConfDirLoad | None = None
     error: str = "CNI configuration not loaded yet"
     loaded_at: float = 0.0
-    status_error: str = ""
     history: list[str] = field(default_factory=list)
 
 
@@ -137,6 +136,7 @@ class NetworkManager:
             "source": net.source if net else None,
             "skipped": [{"file": path, "reason": reason}
                         for path, reason in (self.state.load.skipped if self.state.load else ())],
+            "loadedAt": self.state.loaded_at,
             "lastLoad": self.state.history,
         }
         if net is None or self.state.error:
