@@ -523,21 +523,24 @@ class CNIConfig:
     async def gc_network_list(
         self,
         net: NetworkConfigList,
-        valid_attachments: Sequence[tuple[str, str]],
+        valid_attachments: Sequence[tuple[str, str]] | Callable[[], Sequence[tuple[str, str]]],
         *,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         """DEL cached attachments of ``net`` not in ``valid_attachments``, then send GC (>= 1.1.0).
 
         Every cached attachment with this network name is a candidate, so give each runtime its
-        own ``cache_dir`` if several share network names (or set ``disableGC``).
+        own ``cache_dir`` if several share network names (or set ``disableGC``). Pass a callable to
+        have the valid set read once GC runs alone: an ADD that finished just before is then in it.
         """
         if net.disable_gc:
             return
         limit = self._limit(timeout)
-        valid = set(valid_attachments)
         errors: list[CNIError] = []
         async with self._gate.exclusive():
+            if callable(valid_attachments):
+                valid_attachments = valid_attachments()
+            valid = set(valid_attachments)
             attachments = await asyncio.to_thread(cache.list_attachments, self.cache_dir)
             for att in attachments:
                 if att.network_name != net.name or (att.container_id, att.ifname) in valid:

@@ -20,7 +20,6 @@ import cni
 from crishim.config import CNISection
 from crishim.network import template
 from crishim.network.podnet import POD_IFNAME, Attachment
-from crishim.network.rwlock import RWLock
 from crishim.network.watch import DirWatcher
 from crishim.sandbox.model import PluginTiming
 from crishim.telemetry import observe_cni_call
@@ -68,7 +67,6 @@ class NetworkManager:
                                  observer=_record_call, exec_prefix=cfg.exec_prefix,
                                  rollback_failed_add=False)
         self.state = LoadState()
-        self._gc_lock = RWLock()
         self._watcher: DirWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._loaded = asyncio.Event()
@@ -90,9 +88,7 @@ class NetworkManager:
     async def reload(self) -> None:
         """Load the conf dir off the event loop; the swap itself is atomic, so ADDs never wait on it."""
         async with self._reload_lock:
-            load = await asyncio.to_thread(cni.load_conf_dir, self.cfg.conf_dir,
-                                           self.cfg.default_network or None)
-            error = load.error_message() if load.default is None else self._missing_plugins(load.default)
+            load, error = await asyncio.to_thread(self._load)
             if load.default is not None and not error:
                 self._loaded.set()
             previous = self.network
@@ -103,6 +99,12 @@ class NetworkManager:
             self.state.history.append(f"{time.strftime('%H:%M:%S')} {summary}")
             if previous is None or load.default is None or previous.raw_bytes != load.default.raw_bytes:
                 log.info("CNI configuration", extra={"result": summary, "error": error})
+
+    def _load(self) -> tuple[cni.ConfDirLoad, str]:
+        """Blocking: the conf dir, and why its network cannot be used ("" when it can)."""
+        load = cni.load_conf_dir(self.cfg.conf_dir, self.cfg.default_network or None)
+        error = load.error_message() if load.default is None else self._missing_plugins(load.default)
+        return load, error
 
     async def wait_loaded(self) -> None:
         """Return once a usable network has been loaded."""
@@ -159,8 +161,7 @@ class NetworkManager:
         if net is None or self.state.error:
             raise cni.CNIError(f"network plugin is not ready: {self.not_ready_reason()}")
         with recording(timeline):
-            async with self._gc_lock.read():
-                result = await self.cni.add_network_list(net, self._runtime_conf(att))
+            result = await self.cni.add_network_list(net, self._runtime_conf(att))
         return net, result
 
     async def tear_down(self, att: Attachment, network_name: str,
@@ -177,8 +178,7 @@ class NetworkManager:
             rt = cni.RuntimeConf(container_id=att.sandbox_id, netns=att.netns, ifname=POD_IFNAME,
                                  args=cached_rt.args, capability_args=cached_rt.capability_args)
         with recording(timeline):
-            async with self._gc_lock.read():
-                await self.cni.del_network_list(net, rt, timeout=TEARDOWN_TIMEOUT)
+            await self.cni.del_network_list(net, rt, timeout=TEARDOWN_TIMEOUT)
 
     async def set_pod_cidr(self, pod_cidrs: str) -> None:
         """Render the configured template for kubelet's pod CIDR, unless a network already works."""
@@ -194,12 +194,10 @@ class NetworkManager:
     async def garbage_collect(self, valid_sandbox_ids: Callable[[], list[str]]) -> None:
         """Release attachments no known sandbox owns (a crash between ADD and the record).
 
-        The valid set is read only once GC holds the network exclusively, so an ADD that finished just
-        before cannot be mistaken for garbage.
+        The library reads the valid set only once GC runs alone, so an ADD that finished just before
+        cannot be mistaken for garbage.
         """
         net = self.network
-        if net is None or net.disable_gc:
+        if net is None:
             return
-        async with self._gc_lock.write():
-            valid = [(sid, POD_IFNAME) for sid in valid_sandbox_ids()]
-            await self.cni.gc_network_list(net, valid)
+        await self.cni.gc_network_list(net, lambda: [(sid, POD_IFNAME) for sid in valid_sandbox_ids()])

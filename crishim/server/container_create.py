@@ -12,9 +12,7 @@ from crishim.server.container_convert import spec_from_config
 class ContainerCreateMixin(ServicerBase):
     async def CreateContainer(self, request: api_pb2.CreateContainerRequest,
                               context: Any) -> api_pb2.CreateContainerResponse:
-        sandbox = self.runtime.sandboxes.get(request.pod_sandbox_id)
-        if sandbox is None:
-            raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+        sandbox = self.runtime.sandboxes.require(request.pod_sandbox_id)
         if sandbox.state != SandboxState.READY:
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is {sandbox.state}, not READY")
         spec = spec_from_config(request.config)

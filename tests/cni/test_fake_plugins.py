@@ -393,3 +393,22 @@ async def test_runtime_conf_validated_before_exec(
     cfg = CNIConfig([str(tmp_path)], cache_dir=str(tmp_path))
     with pytest.raises(CNIError, match=message):
         await cfg.add_network_list(make_net("1.0.0", {"type": "none"}), rt(**kw))
+
+
+async def test_gc_takes_the_valid_set_from_a_callable(
+    fake_bin: FakeBin, calls: Calls, tmp_path: Path
+) -> None:
+    bindir = chain(fake_bin, calls, "p")
+    net = make_net("1.0.0", {"type": "p"})
+    cfg = CNIConfig([bindir], cache_dir=str(tmp_path))
+    await cfg.add_network_list(net, rt(container_id="kept"))
+    await cfg.add_network_list(net, rt(container_id="gone"))
+    asked: list[bool] = []
+
+    def valid() -> list[tuple[str, str]]:
+        asked.append(True)
+        return [("kept", "eth0")]
+
+    await cfg.gc_network_list(net, valid)
+    assert asked == [True]
+    assert [a.container_id for a in cfg.get_cached_attachments()] == ["kept"]

@@ -27,8 +27,10 @@ CAPTURE = "captures/crictl-containerd/raw/22-RuntimeService.CreateContainer.req.
 class Sandboxes:
     pod: Sandbox
 
-    def get(self, sandbox_id: str) -> Sandbox | None:
-        return self.pod if sandbox_id == self.pod.id else None
+    def require(self, sandbox_id: str) -> Sandbox:
+        if sandbox_id != self.pod.id:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return self.pod
 
 
 @dataclass
