@@ -243,6 +243,10 @@ class CNIConfig:
     every plugin command, e.g. ``["nsenter", "--net=/run/netns/node1"]`` to run plugins in another
     network namespace.
 
+    The ADD cache is written atomically and fsynced. A caller with a group commit of its own passes
+    ``cache_synced_by``: the library then skips its fsyncs and hands each new cache file to that
+    callable, which must make it durable (one journal commit for many files, off the ADD path).
+
     Deliberate differences from libcni, all in the direction of not leaking resources:
 
     * a failed ADD is rolled back with a DEL of the whole list (R-CNI-8) unless
@@ -264,6 +268,7 @@ class CNIConfig:
         rollback_failed_add: bool = True,
         try_again_retries: int = 2,
         try_again_delay: float = 1.0,
+        cache_synced_by: Callable[[str], None] | None = None,
     ) -> None:
         self.bin_dirs = tuple(bin_dirs)
         self.cache_dir = cache_dir
@@ -273,6 +278,7 @@ class CNIConfig:
         self.rollback_failed_add = rollback_failed_add
         self.try_again_retries = try_again_retries
         self.try_again_delay = try_again_delay
+        self.cache_synced_by = cache_synced_by
         self._locks: dict[tuple[str, str, str], _RefLock] = {}
         self._gate = _GCGate()
 
@@ -418,10 +424,13 @@ class CNIConfig:
             config=net.raw_bytes,
             result=prev,
         )
+        durable = self.cache_synced_by is None
         try:
-            await asyncio.to_thread(cache.write, record, self.cache_dir)
+            path = await asyncio.to_thread(cache.write, record, self.cache_dir, durable=durable)
         except OSError as e:
             raise CNIError(f"failed to write CNI cache in {self.cache_dir}: {e}", code=IO_FAILURE) from None
+        if self.cache_synced_by is not None:
+            self.cache_synced_by(path)
         return result
 
     @staticmethod

@@ -41,8 +41,9 @@ def cache_path(cache_dir: str, network: str, container_id: str, ifname: str) -> 
     return os.path.join(results_dir(cache_dir), f"{network}-{container_id}-{ifname}")
 
 
-def write(att: CachedAttachment, cache_dir: str) -> str:
-    """Persist atomically: temp file, fsync, rename, fsync dir — never a half-written file."""
+def write(att: CachedAttachment, cache_dir: str, *, durable: bool = True) -> str:
+    """Persist atomically (temp file, rename): never a half-written file. `durable` adds the fsyncs of the
+    file and its directory; a caller that makes the file durable itself (a group commit) passes False."""
     directory = results_dir(cache_dir)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     doc = {
@@ -61,18 +62,20 @@ def write(att: CachedAttachment, cache_dir: str) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if durable:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     return path
 
 

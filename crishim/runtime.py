@@ -15,6 +15,7 @@ from crishim.image import ImageManager
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.manager import SandboxManager
 from crishim.stats import StatsCollector
+from crishim.store import Syncer
 from crishim.streaming.server import StreamingServer
 from crishim.telemetry import MetricsServer, observe_recovery, track_states
 
@@ -36,8 +37,9 @@ class Runtime:
         self.handlers = set(runtimes)
         self.images = ImageManager(root=Path(config.state_dir) / "images",
                                    registry_config_dir=config.images.registry_config_dir)
-        self.network = NetworkManager(config.cni)
-        self.sandboxes = SandboxManager(config, self.network, self.handlers)
+        self.syncer = Syncer()  # one group commit for sandbox records and CNI cache files
+        self.network = NetworkManager(config.cni, self.syncer)
+        self.sandboxes = SandboxManager(config, self.network, self.handlers, self.syncer)
         self.containers = ContainerManager(
             root=Path(config.state_dir) / "containers", run_dir=containers_run, runtimes=runtimes,
             conmon_path=config.runtime.conmon_path, rootfs=self.images,
@@ -55,6 +57,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Recover state left by an earlier process before the socket accepts calls."""
+        self.syncer.start()
         with observe_recovery():
             await self.images.start()
             await self.network.start()
@@ -71,6 +74,7 @@ class Runtime:
         await self.sandboxes.close()
         await self.network.close()
         await self.images.close()
+        await self.syncer.close()
 
     async def network_status(self) -> NetworkStatus:
         ready, message, info = await self.network.status()

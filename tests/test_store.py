@@ -33,9 +33,9 @@ async def test_syncer_fsyncs_marked_records_in_batches(tmp_path: Path,
     synced: list[set[Path]] = []
     real = syncer_module.sync_paths
 
-    def spy(paths: set[Path]) -> None:
+    def spy(paths: set[Path], settled_dirs: set[Path] | None = None) -> None:
         synced.append(set(paths))
-        real(paths)
+        real(paths, settled_dirs)
 
     monkeypatch.setattr(syncer_module, "sync_paths", spy)
     syncer = Syncer()
@@ -52,3 +52,22 @@ async def test_syncer_fsyncs_marked_records_in_batches(tmp_path: Path,
     assert set().union(*synced) == {*paths, gone}
     assert len(synced) <= 6
     await syncer.close()
+
+
+def test_directory_above_is_fsynced_once_then_only_the_holding_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced_dirs: list[Path] = []
+    real = syncer_module._fsync_path
+
+    def spy(path: Path, directory: bool = False) -> None:
+        if directory:
+            synced_dirs.append(path)
+        real(path, directory)
+
+    monkeypatch.setattr(syncer_module, "_fsync_path", spy)
+    records = tmp_path / "records"
+    settled: set[Path] = set()
+    for name in ("a.json", "b.json"):
+        write_json_atomic(records / name, {}, durable=False)
+        syncer_module.sync_paths({records / name}, settled)
+    assert synced_dirs == [records, tmp_path, records]  # the new directory's own entry: once

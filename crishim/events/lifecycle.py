@@ -1,8 +1,9 @@
 """Lifecycle events as the Evented PLEG consumes them (GetContainerEvents).
 
 Events carry snapshots of the pod and its containers taken when the change happened, so a subscriber that
-reads an event later still sees the state that event announced. A sandbox's own events use its id as the
-container id, as containerd and CRI-O do.
+reads an event later still sees the state that event announced; with nobody subscribed (kubelet without
+the Evented PLEG) no snapshot is taken, as deep copies are the costly part of an event. A sandbox's own
+events use its id as the container id, as containerd and CRI-O do.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class LifecycleEvents:
 
     def sandbox_changed(self, sandbox: Sandbox, change: str) -> None:
         """The SandboxManager.on_change hook: "started", "stopped" or "deleted"."""
+        if not self.bus.subscribers:
+            return
         gone = change == "deleted"
         snapshot = copy.deepcopy(sandbox)
         containers = () if gone else self._containers(sandbox.id)
@@ -82,6 +85,8 @@ class LifecycleEvents:
 
     def container_changed(self, container: Container, change: str) -> None:
         """The container manager's hook: "created", "started", "stopped" or "deleted"."""
+        if not self.bus.subscribers:
+            return
         sandbox = self._sandbox_lookup(container.sandbox_id)
         containers = self._containers(container.sandbox_id)
         if change == "deleted":

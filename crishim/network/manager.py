@@ -22,6 +22,7 @@ from crishim.network import template
 from crishim.network.podnet import POD_IFNAME, Attachment
 from crishim.network.watch import DirWatcher
 from crishim.sandbox.model import PluginTiming
+from crishim.store import Syncer
 from crishim.telemetry import observe_cni_call
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,11 @@ def recording(timeline: list[PluginTiming]) -> Iterator[None]:
 
 
 class NetworkManager:
-    def __init__(self, cfg: CNISection) -> None:
+    def __init__(self, cfg: CNISection, syncer: Syncer) -> None:
         self.cfg = cfg
         self.cni = cni.CNIConfig(cfg.bin_dirs, cache_dir=cfg.cache_dir, timeout=cfg.plugin_timeout,
                                  observer=_record_call, exec_prefix=cfg.exec_prefix,
-                                 rollback_failed_add=False)
+                                 rollback_failed_add=False, cache_synced_by=syncer.mark)
         self.state = LoadState()
         self._watcher: DirWatcher | None = None
         self._reload_lock = asyncio.Lock()

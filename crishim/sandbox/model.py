@@ -88,7 +88,7 @@ class Sandbox:
     spec: SandboxSpec
     state: SandboxState
     created_at: int  # ns since the epoch
-    dir: str  # holds hostname, hosts, resolv.conf, shm/
+    dir: str  # on crishim's tmpfs: hostname, hosts, resolv.conf, shm/, the pinned ipc and uts
     netns_path: str = ""  # "" for host network or once torn down
     ipc_ns_path: str = ""
     uts_ns_path: str = ""

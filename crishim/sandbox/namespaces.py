@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import socket
 import struct
 import threading
@@ -30,6 +31,9 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 NS_GET_NSTYPE = 0xB703
+TMPFS_MAGIC = 0x01021994
+STATFS_SIZE = 120  # struct statfs on 64-bit Linux; f_type is its first field
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space in a path as \040
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -38,6 +42,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 
 T = TypeVar("T")
 
@@ -59,6 +64,23 @@ def unmount(target: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.ENOENT, errno.EINVAL):
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def on_tmpfs(path: str) -> bool:
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    _check(_libc.statfs(path.encode(), buf), f"statfs {path}")
+    return bool(struct.unpack_from("l", buf)[0] == TMPFS_MAGIC)
+
+
+def mounts_below(path: str) -> list[str]:
+    """Mount points strictly below `path`, deepest first (so each can be detached in turn)."""
+    prefix = path.rstrip("/") + "/"
+    targets = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        if target.startswith(prefix):
+            targets.append(target)
+    return sorted(targets, key=len, reverse=True)
 
 
 def run_in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:

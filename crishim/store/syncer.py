@@ -2,8 +2,11 @@
 
 A killed crishim loses nothing that was written (the page cache outlives the process); an fsync only
 guards against a power cut, and it stalls every other metadata operation on the filesystem until the
-journal commits. So records are written atomically at once and fsynced here in batches: one journal
-commit covers every record written since the previous one.
+journal commits. So records are written atomically at once and fsynced here in batches. Marks are
+gathered for `window` seconds before a batch is taken: the writes of one pod (CREATING record, CNI cache
+file, READY record) and of the pods created beside it share one batch, and a file rewritten within the
+window is fsynced once. A file's directory is fsynced in every batch (new names); the directory above it
+only the first time, since it changes only when that directory is created.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
+WINDOW = 0.05
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -31,18 +35,23 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def sync_paths(paths: set[Path]) -> None:
-    """fsync each file, then each directory that holds one (and the one above, for new directories)."""
-    dirs: set[Path] = set()
+def sync_paths(paths: set[Path], settled_dirs: set[Path] | None = None) -> None:
+    """fsync each file, each directory holding one, and the directories above those that are not in
+    `settled_dirs` yet (they are added to it)."""
+    parents = {path.parent for path in paths}
+    above = {directory.parent for directory in parents} - (settled_dirs or set())
     for path in paths:
         _fsync_path(path)
-        dirs.update((path.parent, path.parent.parent))
-    for directory in dirs:
+    for directory in parents | above:
         _fsync_path(directory, directory=True)
+    if settled_dirs is not None:
+        settled_dirs |= above
 
 
 class Syncer:
-    def __init__(self) -> None:
+    def __init__(self, window: float = WINDOW) -> None:
+        self.window = window
+        self._settled_dirs: set[Path] = set()
         self._dirty: set[Path] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -52,15 +61,15 @@ class Syncer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def mark(self, path: Path) -> None:
-        self._dirty.add(path)
+    def mark(self, path: str | Path) -> None:
+        self._dirty.add(Path(path))
         self._idle.clear()
         self._wake.set()
 
     async def flush(self) -> None:
         """Wait until everything marked so far is durable."""
         if self._task is None:
-            await asyncio.to_thread(sync_paths, self._take())
+            await asyncio.to_thread(sync_paths, self._take(), self._settled_dirs)
             return
         await self._idle.wait()
 
@@ -71,10 +80,11 @@ class Syncer:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(self.window)
             self._wake.clear()
             batch = self._take()
             try:
-                await asyncio.to_thread(sync_paths, batch)
+                await asyncio.to_thread(sync_paths, batch, self._settled_dirs)
             except OSError:
                 log.exception("could not make records durable; retrying")
                 self._dirty |= batch

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import cni.cache
 import cni.invoke
 from cni import (
     CNIConfig,
@@ -170,6 +171,23 @@ async def test_del_reverse_with_cached_prev_result_and_args(
     assert not (tmp_path / "results" / "fake-c1-eth0").exists()
     await cfg.del_network_list(net, rt())  # repeated DEL: no cache, no prevResult, still fine
     assert "prevResult" not in calls.all()[-1][2]
+
+
+async def test_cache_durability_handed_to_the_caller(
+    fake_bin: FakeBin, calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `cache_synced_by`, ADD skips its own fsyncs and names the file the caller must make durable."""
+    bindir = chain(fake_bin, calls, "first")
+    net = make_net("1.0.0", {"type": "first"})
+    handed: list[str] = []
+    cfg = CNIConfig([bindir], cache_dir=str(tmp_path), cache_synced_by=handed.append)
+    fsynced: list[int] = []
+    monkeypatch.setattr(cni.cache.os, "fsync", fsynced.append)
+    await cfg.add_network_list(net, rt())
+    assert handed == [str(tmp_path / "results" / "fake-c1-eth0")] and fsynced == []
+    assert cfg.get_cached_result("fake", rt()) is not None
+    await CNIConfig([bindir], cache_dir=str(tmp_path)).add_network_list(net, rt())
+    assert len(fsynced) == 2  # by default: the file, then its directory
 
 
 @pytest.mark.parametrize("content", [b"", b"{garbage", b'{"kind":"cniCacheV1","config":"!!"}'])

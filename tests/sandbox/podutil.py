@@ -122,6 +122,8 @@ def node_leftovers(node: TestNode, server: CrishimServer) -> dict[str, Any]:
         if (server.cache_dir / "results").exists() else [],
         "records": sorted(p.name for p in (server.state_dir / "sandboxes").iterdir())
         if (server.state_dir / "sandboxes").exists() else [],
+        "pod dirs": sorted(p.name for p in (server.root / "run" / "sandboxes").iterdir())
+        if (server.root / "run" / "sandboxes").exists() else [],
         "iptables": pod_rules(node.iptables_save()),
         "mounts": [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
                    if str(server.root) in line],

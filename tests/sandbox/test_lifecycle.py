@@ -45,7 +45,7 @@ def test_full_lifecycle_with_traffic(node: TestNode, server: CrishimServer) -> N
     assert Path(netns).exists()
     assert addresses(netns, "eth0") == [st.network.ip]
     assert link_up(netns, "eth0") and link_up(netns, "lo")
-    assert [t["plugin"] for t in details["timeline"]] == ["netns", "loopback", "bridge", "portmap"]
+    assert [t["plugin"] for t in details["timeline"]] == ["namespaces", "loopback", "bridge", "portmap"]
     resolv = (Path(details["sandboxDir"]) / "resolv.conf").read_text()
     assert "nameserver 10.0.0.10" in resolv and "search svc.local" in resolv
 
@@ -150,7 +150,8 @@ def test_host_network_pod(node: TestNode, server: CrishimServer) -> None:
     assert st.network.ip == ""
     assert st.linux.namespaces.options.network == api_pb2.NODE
     details = info(server, sandbox_id)
-    assert details["netnsPath"] == "" and details["timeline"] == []
+    assert details["netnsPath"] == ""
+    assert [(t["verb"], t["plugin"]) for t in details["timeline"]] == [("PIN", "namespaces")]  # IPC only
     assert not [p for p in server.netns_dir.iterdir()] if server.netns_dir.exists() else True
     assert [link for link in node.links() if link.startswith("veth")] == []
     stop_and_remove(server, sandbox_id)

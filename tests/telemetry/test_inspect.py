@@ -25,7 +25,7 @@ def test_inspect_shows_each_plugin_call(server: CrishimServer, capsys: pytest.Ca
         assert "state      READY" in text
         lines = [line.split() for line in text.splitlines() if line.startswith("  +")]
         assert [(words[-5], words[-4]) for words in lines] == [
-            ("PIN", "netns"), ("ADD", "loopback"), ("ADD", "bridge"), ("ADD", "portmap")]
+            ("PIN", "namespaces"), ("ADD", "loopback"), ("ADD", "bridge"), ("ADD", "portmap")]
         assert all(words[-1] == "ok" for words in lines)
 
         by_prefix = io.StringIO()
