@@ -43,7 +43,7 @@ from crishim.sandbox.namespaces import (
     mounts_below,
     on_tmpfs,
     pin,
-    release_namespaces,
+    release,
     run_in_thread,
     unmount,
 )
@@ -252,8 +252,12 @@ class SandboxManager:
             await self.network.tear_down(self._attachment(sandbox, netns), sandbox.network_name,
                                          sandbox.timeline)
             sandbox.teardown_pending = False
-        await release_namespaces(self.namespaces(sandbox))
-        await asyncio.to_thread(release_pod_files, sandbox)
+        await asyncio.to_thread(self._release_local, sandbox)
+
+    def _release_local(self, sandbox: Sandbox) -> None:
+        """What the pod holds on this node besides its network: namespaces and /dev/shm."""
+        release(self.namespaces(sandbox))
+        release_pod_files(sandbox)
 
     async def stop(self, sandbox_id: str) -> None:
         """Idempotent: an unknown or stopped pod succeeds; a failed DEL is returned and retried later."""

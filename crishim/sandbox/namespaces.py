@@ -173,10 +173,14 @@ async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:
     await run_in_thread(lambda: pin(namespaces, hostname))
 
 
+def release(namespaces: PodNamespaces) -> None:
+    """Blocking form of `release_namespaces`."""
+    _release([path for _, _, path in namespaces.pinned()])
+
+
 async def release_namespaces(namespaces: PodNamespaces) -> None:
     """Unmount and delete the pinned namespaces; idempotent."""
-    paths = [path for _, _, path in namespaces.pinned()]
-    await asyncio.to_thread(_release, paths)
+    await asyncio.to_thread(release, namespaces)
 
 
 def enter_namespaces(namespaces: PodNamespaces) -> None:

@@ -94,8 +94,14 @@ async def test_tty_and_stdin(env: Env, pod: Pod) -> None:
     cid = await started(env, pod, "tty", "tty; echo done", tty=True, stdin=True)
     await finished(mgr, cid)
     st = await mgr.status(cid)
-    texts = [text for stream, _, text in log_lines(st.log_path) if stream == "stdout"]
-    assert st.exit_code == 0 and texts[0].startswith("/dev/pts/") and "done" in texts[-1]
+    assert st.exit_code == 0
+
+    def drained() -> list[str]:
+        texts = [text for stream, _, text in log_lines(st.log_path) if stream == "stdout"]
+        return texts if texts and "done" in texts[-1] else []
+
+    texts = await wait_until(drained, what="the pty's last output in the log")  # conmon may still drain it
+    assert texts[0].startswith("/dev/pts/")
 
 
 async def test_stop_grace_then_kill(env: Env, any_pod: Pod) -> None:
