@@ -217,7 +217,7 @@ class SandboxManager:
         both exist before ADD: a crash from ADD on is rolled back by the next start from the record,
         and a crash before it leaves at most namespaces no record names, which the start-up sweep
         removes. The pod files (only containers read them) are written while ADD runs."""
-        await _settle(self._persist(sandbox), self._pin_namespaces(sandbox))
+        await _settle(self._pin_namespaces(sandbox), self._persist(sandbox))  # the thread starts first
         await _settle(asyncio.to_thread(write_pod_files, sandbox, self._node_hostname),
                       self._add_network(sandbox))
         await apply_sysctls(self.namespaces(sandbox), sandbox.spec.sysctls)
