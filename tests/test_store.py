@@ -1,4 +1,4 @@
-"""Atomic records and the group-commit syncer."""
+"""Atomic records, the record log and the group-commit syncer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crishim.store import Syncer, read_json, write_bytes_atomic, write_json_atomic
+from crishim.store import RecordLog, Syncer, read_json, recordlog, write_bytes_atomic, write_json_atomic
 from crishim.store import syncer as syncer_module
 
 
@@ -74,3 +74,44 @@ def test_directory_above_is_fsynced_once_then_only_the_holding_directory(
         batches.append(set(synced_dirs))
         synced_dirs.clear()
     assert batches == [{records, tmp_path}, {records}]  # the new directory's own entry: once
+
+
+async def test_record_log_keeps_the_last_record_of_each_key_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "records.log"
+    records = RecordLog(path)
+    assert await records.open() == {}
+    await records.put("a", {"state": "CREATING"})
+    await records.put("b", {"state": "READY"})
+    await records.put("a", {"state": "READY"})
+    await records.delete("b")
+    await records.close()
+    again = RecordLog(path)
+    assert await again.open() == {"a": {"state": "READY"}}
+    assert path.read_bytes().count(b"\n") == 1  # compacted when opened
+    await again.close()
+
+
+async def test_record_log_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "records.log"
+    records = RecordLog(path)
+    await records.open()
+    await records.put("a", {"n": 1})
+    await records.close()
+    path.write_bytes(path.read_bytes() + b'{"id":"b","record":{"n"')  # a crash in the middle of an append
+    again = RecordLog(path)
+    assert await again.open() == {"a": {"n": 1}}
+    await again.put("c", {"n": 3})
+    await again.close()
+    assert await RecordLog(path).open() == {"a": {"n": 1}, "c": {"n": 3}}
+
+
+async def test_record_log_compacts_as_it_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recordlog, "COMPACT_MIN_BYTES", 1000)
+    path = tmp_path / "records.log"
+    records = RecordLog(path)
+    await records.open()
+    for n in range(500):
+        await records.put("pod", {"n": n, "pad": "x" * 50})
+    assert path.stat().st_size < 1000 + 100  # without compaction: ~40 kB
+    await records.close()
+    assert await RecordLog(path).open() == {"pod": {"n": 499, "pad": "x" * 50}}

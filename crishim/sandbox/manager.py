@@ -5,7 +5,7 @@ and UTS namespaces → CNI ADD beside the pod files and /dev/shm (only container
 READY. Everything after pinning is rolled back by a CNI DEL with its own deadline; the namespaces go only
 once DEL worked (R-SBX-2), otherwise the record stays NOTREADY with the teardown owed.
 
-Where things live: the record (`<state_dir>/sandboxes/<id>.json`) must outlive a reboot; everything else of
+Where things live: the records (`<state_dir>/sandboxes.log`) must outlive a reboot; everything else of
 a pod (pinned IPC/UTS namespaces, hostname, hosts, resolv.conf, /dev/shm) sits in `<run_dir>/sandboxes/<id>`
 on a tmpfs, which crishim mounts itself where the host's run dir is not one: it is gone after a reboot like
 the namespaces it holds, and creating files there costs a fraction of what it costs on a disk filesystem
@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cni
 from crishim.config import Config
@@ -48,11 +48,11 @@ from crishim.sandbox.namespaces import (
     unmount,
 )
 from crishim.sandbox.validate import validate_spec
-from crishim.store import Syncer, read_json, remove_file, write_json_atomic
+from crishim.store import RecordLog, Syncer
 
 log = logging.getLogger(__name__)
 
-RECORD_SUFFIX = ".json"
+RECORD_LOG = "sandboxes.log"
 POD_ROOT_TMPFS_OPTIONS = "mode=0711"
 NETNS_PREFIX = "cni-"
 TIMELINE_LIMIT = 64
@@ -73,7 +73,7 @@ class SandboxManager:
         self.config = config
         self.network = network
         self.handlers = handlers
-        self.root = Path(config.state_dir) / "sandboxes"
+        self.records = RecordLog(Path(config.state_dir) / RECORD_LOG)
         self.pod_root = Path(config.run_dir) / "sandboxes"
         self.netns_dir = Path(config.netns_dir)
         self.containers: ContainerHooks | None = None
@@ -114,20 +114,16 @@ class SandboxManager:
 
     # ---- persistence --------------------------------------------------------------------------
 
-    def _record_path(self, sandbox_id: str) -> Path:
-        return self.root / f"{sandbox_id}{RECORD_SUFFIX}"
-
     async def _persist(self, sandbox: Sandbox) -> None:
-        """Write the record at every state change; the syncer makes it durable soon after.
+        """Append the record to the log at every state change; the syncer makes it durable soon after.
 
         A killed crishim finds every record (the page cache outlives it). A power cut can lose the last
         few; a reboot also drops every namespace, so recovery then sees pods whose netns is gone (teardown
         owed) and CNI GC releases attachments no record names.
         """
         del sandbox.timeline[:-TIMELINE_LIMIT]
-        path = self._record_path(sandbox.id)
-        await asyncio.to_thread(write_json_atomic, path, sandbox.to_json(), durable=False)
-        self.syncer.mark(path)
+        await self.records.put(sandbox.id, sandbox.to_json())
+        self.syncer.mark(self.records.path)
 
     # ---- run ----------------------------------------------------------------------------------
 
@@ -308,14 +304,16 @@ class SandboxManager:
         key = sandbox.spec.dedupe_key()
         if self._by_key.get(key) == sandbox.id:
             del self._by_key[key]
-        await asyncio.to_thread(_remove_pod_files, self._record_path(sandbox.id), Path(sandbox.dir))
+        await self.records.delete(sandbox.id)
+        self.syncer.mark(self.records.path)
+        await asyncio.to_thread(shutil.rmtree, sandbox.dir, True)  # nothing is mounted there any more
 
     # ---- start-up -----------------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Reload every record, finish what a crash interrupted, and drop namespaces nobody owns."""
         await asyncio.to_thread(self._prepare_pod_root)
-        records = await asyncio.to_thread(_read_records, self.root)
+        records = _sandboxes_from(await self.records.open())
         for sandbox in records:
             self._sandboxes[sandbox.id] = sandbox
             if sandbox.state != SandboxState.CREATING:
@@ -334,7 +332,6 @@ class SandboxManager:
         self._spawn(self._reap_pending())
 
     def _prepare_pod_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self.pod_root.mkdir(parents=True, exist_ok=True)
         if not on_tmpfs(str(self.pod_root)):
             mount("tmpfs", str(self.pod_root), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -383,6 +380,7 @@ class SandboxManager:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.records.close()
 
 
 async def _settle(*steps: Awaitable[None]) -> None:
@@ -401,20 +399,14 @@ def pod_ips(result: cni.Result) -> list[str]:
     return sorted(ips, key=lambda ip: ipaddress.ip_address(ip).version)
 
 
-def _read_records(root: Path) -> list[Sandbox]:
+def _sandboxes_from(records: dict[str, dict[str, Any]]) -> list[Sandbox]:
     found = []
-    for entry in os.scandir(root):
-        path = Path(entry.path)
-        if entry.name.startswith("."):
-            remove_file(path)  # the temp file of a write a crash interrupted
-            continue
-        if not entry.name.endswith(RECORD_SUFFIX):
-            continue
+    for sandbox_id, record in records.items():
         try:
-            found.append(Sandbox.from_json(read_json(path)))
+            found.append(Sandbox.from_json(record))
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("unreadable sandbox record kept for inspection",
-                      extra={"path": str(path), "error": str(exc)})
+            log.error("unreadable sandbox record kept in the log for inspection",
+                      extra={"sandbox": sandbox_id, "error": str(exc)})
     return found
 
 
@@ -424,8 +416,3 @@ def _remove_pod_dir(pod_dir: Path) -> None:
         unmount(target)
     shutil.rmtree(pod_dir, ignore_errors=True)
 
-
-def _remove_pod_files(record: Path, pod_dir: Path) -> None:
-    """Once the pod is torn down: nothing is mounted in its directory any more."""
-    shutil.rmtree(pod_dir, ignore_errors=True)
-    remove_file(record)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
+from crishim.store.recordlog import replay
 from tests.harness import CrishimServer, TestNode, run
 
 LISTENER = """
@@ -112,6 +113,12 @@ def pod_rules(rules: str) -> list[str]:
             and line not in ("COMMIT", "*nat", "*filter", "*mangle", "*raw")]
 
 
+def live_records(server: CrishimServer) -> list[str]:
+    """Sandbox ids with a live record in the server's record log."""
+    log = server.state_dir / "sandboxes.log"
+    return sorted(replay(log.read_bytes())[0]) if log.exists() else []
+
+
 def node_leftovers(node: TestNode, server: CrishimServer) -> dict[str, Any]:
     """Everything a pod can leave behind, to compare before and after."""
     return {
@@ -120,8 +127,7 @@ def node_leftovers(node: TestNode, server: CrishimServer) -> dict[str, Any]:
         "leases": sorted(server.leases()),
         "cache": sorted(p.name for p in (server.cache_dir / "results").iterdir())
         if (server.cache_dir / "results").exists() else [],
-        "records": sorted(p.name for p in (server.state_dir / "sandboxes").iterdir())
-        if (server.state_dir / "sandboxes").exists() else [],
+        "records": live_records(server),
         "pod dirs": sorted(p.name for p in (server.root / "run" / "sandboxes").iterdir())
         if (server.root / "run" / "sandboxes").exists() else [],
         "iptables": pod_rules(node.iptables_save()),
