@@ -2,10 +2,10 @@
 
 A killed crishim loses nothing that was written (the page cache outlives the process); an fsync only
 guards against a power cut, and it stalls every other metadata operation on the filesystem until the
-journal commits. So records are written atomically at once and fsynced here in batches. Marks are
-gathered for `window` seconds before a batch is taken: the writes of one pod (CREATING record, CNI cache
-file, READY record) and of the pods created beside it share one batch, and a file rewritten within the
-window is fsynced once. A file's directory is fsynced in every batch (new names); the directory above it
+journal commits. So records are written at once and fsynced here in batches. Marks are gathered for
+`window` seconds before a batch is taken: the writes of one pod (its record log appends and CNI cache
+file) and of the pods created beside it share one batch, and a file written again within the window is
+fsynced once. A file's directory is fsynced in every batch (new names); the directory above it
 only the first time, since it changes only when that directory is created.
 """
 
