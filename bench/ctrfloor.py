@@ -107,14 +107,15 @@ class Floor:
         config = pod_config(tag, index, self.params.cgroup_top)
         spec, _ = spec_from_request(api_pb2.RunPodSandboxRequest(config=config))
         sandbox = Sandbox(id=pod_id, spec=spec, state=SandboxState.READY, created_at=time.time_ns(),
-                          dir=str(pods / pod_id), netns_path=str(pods / f"{pod_id}.net"),
-                          ipc_ns_path=str(pods / f"{pod_id}.ipc"), uts_ns_path=str(pods / f"{pod_id}.uts"))
+                          dir=str(pods / pod_id), hostname=spec.hostname,
+                          netns_path=str(pods / f"{pod_id}.net"), ipc_ns_path=str(pods / f"{pod_id}.ipc"),
+                          uts_ns_path=str(pods / f"{pod_id}.uts"))
         return FloorContainer(sandbox)
 
     async def pod_up(self, item: FloorContainer) -> None:
-        await pin_namespaces(item.namespaces, item.sandbox.spec.name)
+        await pin_namespaces(item.namespaces, item.sandbox.hostname)
         item.pinned = True
-        await asyncio.to_thread(write_pod_files, item.sandbox, "")
+        await asyncio.to_thread(write_pod_files, item.sandbox)
         item.files = True
 
     async def create_start(self, item: FloorContainer) -> None:

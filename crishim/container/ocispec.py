@@ -251,7 +251,7 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
     caps = capabilities(sec.add_capabilities, sec.drop_capabilities, sec.privileged)
     namespace_list = namespaces(spec, sandbox, inputs.target_pid)
     has_uts = any(ns["type"] == "uts" for ns in namespace_list)
-    hostname = (sandbox.spec.hostname or sandbox.spec.name) if has_uts else ""
+    hostname = sandbox.hostname if has_uts else ""
     user = inputs.user
     process: dict[str, Any] = {
         "terminal": spec.tty,

@@ -29,12 +29,12 @@ def default_hosts(hostname: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_pod_files(sandbox: Sandbox, node_hostname: str) -> None:
+def write_pod_files(sandbox: Sandbox) -> None:
     """Blocking; run off the event loop. Host-network pods see the node's own files, as in kubelet."""
     spec = sandbox.spec
     root = Path(sandbox.dir)
     root.mkdir(parents=True, exist_ok=True)
-    hostname = spec.hostname or (node_hostname if spec.host_network else spec.name)
+    hostname = sandbox.hostname
     (root / "hostname").write_text(hostname + "\n")
     if spec.host_network and HOST_HOSTS.exists():
         (root / "hosts").write_bytes(HOST_HOSTS.read_bytes())

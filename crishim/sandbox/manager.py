@@ -150,7 +150,8 @@ class SandboxManager:
         sandbox_id = secrets.token_hex(32)
         pod_dir = self.pod_root / sandbox_id
         sandbox = Sandbox(id=sandbox_id, spec=spec, state=SandboxState.CREATING,
-                          created_at=time.time_ns(), dir=str(pod_dir))
+                          created_at=time.time_ns(), dir=str(pod_dir),
+                          hostname=spec.hostname or self._node_hostname)
         spec.config_blob = config_blob
         if not spec.host_network:
             sandbox.netns_path = str(self.netns_dir / f"{NETNS_PREFIX}{uuid.uuid4()}")
@@ -202,9 +203,8 @@ class SandboxManager:
         namespaces = self.namespaces(sandbox)
         if not namespaces.pinned():
             return
-        hostname = sandbox.spec.hostname or sandbox.spec.name
         started, clock = time.time(), time.perf_counter()
-        await run_in_thread(lambda: pin(namespaces, hostname))
+        await run_in_thread(lambda: pin(namespaces, sandbox.hostname))
         sandbox.timeline.append(PluginTiming(verb="PIN", plugin_type="namespaces", started=started,
                                              duration=time.perf_counter() - clock))
 
@@ -214,7 +214,7 @@ class SandboxManager:
         and a crash before it leaves at most namespaces no record names, which the start-up sweep
         removes. The pod files (only containers read them) are written while ADD runs."""
         await _settle(self._pin_namespaces(sandbox), self._persist(sandbox))  # the thread starts first
-        await _settle(asyncio.to_thread(write_pod_files, sandbox, self._node_hostname),
+        await _settle(asyncio.to_thread(write_pod_files, sandbox),
                       self._add_network(sandbox))
         await apply_sysctls(self.namespaces(sandbox), sandbox.spec.sysctls)
 

@@ -89,6 +89,9 @@ class Sandbox:
     state: SandboxState
     created_at: int  # ns since the epoch
     dir: str  # on crishim's tmpfs: hostname, hosts, resolv.conf, shm/, the pinned ipc and uts
+    # The pod's host name, decided once at creation: the config's, else the node's (as containerd and
+    # CRI-O do; the pod name is no default, it may be longer than the 64 bytes sethostname takes).
+    hostname: str = ""
     netns_path: str = ""  # "" for host network or once torn down
     ipc_ns_path: str = ""
     uts_ns_path: str = ""

@@ -23,7 +23,7 @@ def validate_spec(spec: SandboxSpec, known_handlers: set[str]) -> None:
                 f"config.metadata.{field_name} {value!r} must not contain ';', '=' or white space")
     if spec.attempt < 0:
         raise InvalidArgument("config.metadata.attempt must not be negative")
-    if spec.hostname and not _HOSTNAME.match(spec.hostname):
+    if spec.hostname and not _HOSTNAME.fullmatch(spec.hostname):
         raise InvalidArgument(f"config.hostname {spec.hostname!r} is not a valid host name")
     if spec.runtime_handler and spec.runtime_handler not in known_handlers:
         raise InvalidArgument(

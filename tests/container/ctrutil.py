@@ -108,7 +108,7 @@ async def make_pod(env: Env, base: Path, handler: str = "") -> AsyncIterator[Pod
                        log_directory=str(pod_dir / "logs"), runtime_handler=handler,
                        cgroup_parent=cgroup_parent)
     sandbox = Sandbox(id=secrets.token_hex(32), spec=spec, state=SandboxState.READY,
-                      created_at=0, dir=str(pod_dir), netns_path=f"/run/netns/{netns}",
+                      created_at=0, dir=str(pod_dir), hostname="testpod", netns_path=f"/run/netns/{netns}",
                       ipc_ns_path=str(ipc), uts_ns_path=str(uts))
     run(["ip", "netns", "add", netns])
     try:

@@ -21,8 +21,8 @@ def pod(**spec_kw: Any) -> Sandbox:
     kw: dict[str, Any] = {"name": "web", "namespace": "ns", "uid": "u", "hostname": "web-host"}
     kw.update(spec_kw)
     return Sandbox(id="s" * 64, spec=SandboxSpec(**kw), state=SandboxState.READY, created_at=0,
-                   dir="/pods/s", netns_path="/run/netns/n", ipc_ns_path="/pods/s/ipc",
-                   uts_ns_path="/pods/s/uts")
+                   dir="/pods/s", hostname=kw["hostname"], netns_path="/run/netns/n",
+                   ipc_ns_path="/pods/s/ipc", uts_ns_path="/pods/s/uts")
 
 
 def build(spec: ContainerSpec | None = None, sandbox: Sandbox | None = None,

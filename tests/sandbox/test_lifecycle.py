@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,6 +180,31 @@ def test_sysctls_and_hostname(server: CrishimServer) -> None:
         "tuned-host"
     assert (Path(details["sandboxDir"]) / "hostname").read_text() == "tuned-host\n"
     stop_and_remove(server, sandbox_id)
+
+
+def test_pod_without_hostname_and_with_a_long_name_gets_the_node_hostname(server: CrishimServer) -> None:
+    """critest's pods: no hostname, a name of 68 characters. The node's host name is the default
+    (containerd, CRI-O); the pod name is not, as sethostname takes at most 64 bytes."""
+    name = f"create-PodSandbox-for-container-{uuid.uuid4()}"
+    assert len(name) > 64
+    sandbox_id = run_pod(server, pod_config(name))
+    details = info(server, sandbox_id)
+    from tests.harness import run
+    node_hostname = socket.gethostname()
+    assert run(["nsenter", f"--uts={details['utsNamespacePath']}", "hostname"]).stdout.strip() == \
+        node_hostname
+    assert (Path(details["sandboxDir"]) / "hostname").read_text() == node_hostname + "\n"
+    assert status(server, sandbox_id).status.metadata.name == name
+    stop_and_remove(server, sandbox_id)
+
+
+@pytest.mark.parametrize("hostname", ["h" * 64, "bad_host", "-lead", "a..b\n"])
+def test_invalid_explicit_hostname_is_refused_naming_the_field(server: CrishimServer, hostname: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(server, pod_config("named", hostname=hostname))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "config.hostname" in (err.value.details() or "")
+    assert server.runtime().ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
 
 
 def test_second_server_refused_and_kill9_restart(server: CrishimServer,
