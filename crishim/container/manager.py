@@ -206,11 +206,11 @@ class ContainerManager:
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
                       handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str) -> Container:
         sec = spec.security
-        passwd, group = await asyncio.to_thread(read_user_files, Path(rootfs))
+        passwd, group = await asyncio.to_thread(read_user_files, rootfs)
         user = resolve_user(run_as_user=sec.run_as_user, run_as_username=sec.run_as_username,
                             run_as_group=sec.run_as_group, supplemental_groups=sec.supplemental_groups,
                             image_user=str(image.config.get("User") or ""), passwd=passwd,
-                            group=group)
+                            group=group, policy=sec.supplemental_groups_policy)
         inputs = SpecInputs(
             container_id=cid, rootfs=rootfs, user=user, image_config=image.config,
             cgroups_path=_cgroups_path(sandbox, cid),

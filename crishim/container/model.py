@@ -6,6 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from crishim.container.users import GroupsPolicy
 from crishim.sandbox.model import NamespaceMode
 
 
@@ -56,6 +57,7 @@ class SecurityContext:
     run_as_username: str = ""
     run_as_group: int | None = None
     supplemental_groups: list[int] = field(default_factory=list)
+    supplemental_groups_policy: GroupsPolicy = GroupsPolicy.MERGE
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
     seccomp: SeccompKind = SeccompKind.UNCONFINED
@@ -95,6 +97,8 @@ class ContainerSpec:
         sec = dict(data.get("security", {}))
         sec["seccomp"] = SeccompKind(sec.get("seccomp", SeccompKind.UNCONFINED))
         sec["pid_mode"] = NamespaceMode(sec.get("pid_mode", NamespaceMode.CONTAINER))
+        sec["supplemental_groups_policy"] = GroupsPolicy(sec.get("supplemental_groups_policy",
+                                                                 GroupsPolicy.MERGE))
         data["security"] = SecurityContext(**sec)
         return ContainerSpec(**data)
 

@@ -1,19 +1,36 @@
-"""Resolve the user a container runs as from the CRI security context, the image and its /etc files."""
+"""Resolve the user a container runs as from the CRI security context, the image and its /etc files.
+
+containerd's rules: the primary gid is always among the supplementary groups; under the Merge policy
+the groups of the image's /etc/group that list the user by name come next (a group named as the user
+is its own, not a supplementary one), then the requested `supplemental_groups`; under Strict only the
+requested ones.
+"""
 
 from __future__ import annotations
 
+import enum
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from crishim.container.inroot import read_in_root
 from crishim.errors import InvalidArgument
+
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
+
+
+class GroupsPolicy(enum.StrEnum):
+    """CRI's SupplementalGroupsPolicy."""
+
+    MERGE = "Merge"
+    STRICT = "Strict"
 
 
 @dataclass(frozen=True)
 class User:
     uid: int
     gid: int
+    # The process's supplementary groups, the primary gid first (as containerd's process.user).
     additional_gids: list[int] = field(default_factory=list)
-    home: str = "/"
 
 
 @dataclass(frozen=True)
@@ -21,7 +38,13 @@ class PasswdEntry:
     name: str
     uid: int
     gid: int
-    home: str
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    name: str
+    gid: int
+    members: list[str]
 
 
 def parse_passwd(text: str) -> list[PasswdEntry]:
@@ -30,26 +53,27 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
         parts = line.split(":")
         if len(parts) < 7 or not parts[2].isdigit() or not parts[3].isdigit():
             continue
-        entries.append(PasswdEntry(parts[0], int(parts[2]), int(parts[3]), parts[5] or "/"))
+        entries.append(PasswdEntry(parts[0], int(parts[2]), int(parts[3])))
     return entries
 
 
-def parse_group(text: str) -> list[tuple[str, int, list[str]]]:
-    """(name, gid, members) per well-formed line."""
+def parse_group(text: str) -> list[GroupEntry]:
     groups = []
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) < 4 or not parts[2].isdigit():
             continue
-        members = [m for m in parts[3].split(",") if m]
-        groups.append((parts[0], int(parts[2]), members))
+        groups.append(GroupEntry(parts[0], int(parts[2]), [m for m in parts[3].split(",") if m]))
     return groups
 
 
 def resolve_user(*, run_as_user: int | None, run_as_username: str, run_as_group: int | None,
-                 supplemental_groups: list[int], image_user: str, passwd: str,
-                 group: str) -> User:
+                 supplemental_groups: list[int], image_user: str, passwd: str, group: str,
+                 policy: GroupsPolicy = GroupsPolicy.MERGE) -> User:
     """Pure: the CRI fields win over the image's `User`; names are looked up in the rootfs's files."""
+    _check_ids(run_as_user=[] if run_as_user is None else [run_as_user],
+               run_as_group=[] if run_as_group is None else [run_as_group],
+               supplemental_groups=supplemental_groups)
     users = parse_passwd(passwd)
     groups = parse_group(group)
     if run_as_group is not None and run_as_user is None and not run_as_username:
@@ -76,27 +100,27 @@ def resolve_user(*, run_as_user: int | None, run_as_username: str, run_as_group:
     elif group_part.isdigit():
         gid = int(group_part)
     elif group_part:
-        match = next((g for g in groups if g[0] == group_part), None)
+        match = next((g for g in groups if g.name == group_part), None)
         if match is None:
             raise InvalidArgument(f"group {group_part!r} is not in the image's /etc/group")
-        gid = match[1]
-    extra: list[int] = []
-    if entry is not None:
-        extra = [g[1] for g in groups if entry.name in g[2]]
-    additional = [g for g in dict.fromkeys([*extra, *supplemental_groups]) if g != gid]
-    return User(uid, gid, additional, entry.home if entry else "/")
+        gid = match.gid
+    from_image: list[int] = []
+    if entry is not None and policy == GroupsPolicy.MERGE:
+        from_image = [g.gid for g in groups if g.name != entry.name and entry.name in g.members]
+    return User(uid, gid, list(dict.fromkeys([gid, *from_image, *supplemental_groups])))
 
 
-def read_user_files(rootfs: Path) -> tuple[str, str]:
-    """Blocking: /etc/passwd and /etc/group of a rootfs, "" where missing; never follows links out."""
-    texts = []
-    for name in ("passwd", "group"):
-        path = rootfs / "etc" / name
-        try:
-            if path.is_symlink() or not path.is_file():
-                texts.append("")
-                continue
-            texts.append(path.read_text(errors="replace"))
-        except OSError:
-            texts.append("")
-    return texts[0], texts[1]
+def _check_ids(**fields: list[int]) -> None:
+    for name, ids in fields.items():
+        bad = [i for i in ids if not 0 <= i <= MAX_ID]
+        if bad:
+            raise InvalidArgument(f"security_context.{name}: {bad[0]} is not a valid Linux id "
+                                  f"(0..{MAX_ID})")
+
+
+def read_user_files(rootfs: str | os.PathLike[str]) -> tuple[str, str]:
+    """Blocking: /etc/passwd and /etc/group of a rootfs, resolved as if it were `/` (symlinks in the
+    image, absolute or relative, never lead to the host's files); "" where missing."""
+    texts = (read_in_root(os.fspath(rootfs), path) for path in ("/etc/passwd", "/etc/group"))
+    passwd, group = ((data or b"").decode(errors="replace") for data in texts)
+    return passwd, group

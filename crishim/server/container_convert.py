@@ -15,6 +15,7 @@ from crishim.container.model import (
     SeccompKind,
     SecurityContext,
 )
+from crishim.container.users import GroupsPolicy
 from crishim.errors import InvalidArgument
 from crishim.sandbox.model import NamespaceMode
 
@@ -79,6 +80,12 @@ def _seccomp(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[SeccompKind, st
     return _LEGACY_SECCOMP[path], ""
 
 
+def _groups_policy(value: int) -> GroupsPolicy:
+    if value not in api_pb2.SupplementalGroupsPolicy.values():
+        raise InvalidArgument(f"security_context.supplemental_groups_policy: unknown value {value}")
+    return GroupsPolicy(api_pb2.SupplementalGroupsPolicy.Name(value))
+
+
 def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
     kind, path = _seccomp(sc)
     if sc.capabilities.add_ambient_capabilities:
@@ -94,6 +101,7 @@ def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
         run_as_username=sc.run_as_username,
         run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
         supplemental_groups=list(sc.supplemental_groups),
+        supplemental_groups_policy=_groups_policy(sc.supplemental_groups_policy),
         masked_paths=list(sc.masked_paths),
         readonly_paths=list(sc.readonly_paths),
         seccomp=kind,
@@ -168,6 +176,12 @@ def _signal(name: str) -> str:
     return full if full in api_pb2.Signal.keys() else "RUNTIME_DEFAULT"  # noqa: SIM118
 
 
+def _supplemental_groups(c: Container) -> list[int]:
+    """The process's supplementary groups, the primary gid first (records written before it was
+    stored among them lack it)."""
+    return list(dict.fromkeys([c.gid, *c.additional_gids]))
+
+
 def to_status(c: Container) -> api_pb2.ContainerStatus:
     return api_pb2.ContainerStatus(
         id=c.id, metadata=_metadata(c), state=STATES[c.state], created_at=c.created_at,
@@ -181,7 +195,7 @@ def to_status(c: Container) -> api_pb2.ContainerStatus:
         log_path=c.log_path,
         resources=api_pb2.ContainerResources(linux=resources_to(c.spec.resources)),
         user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
-            uid=c.uid, gid=c.gid, supplemental_groups=[c.gid, *c.additional_gids])),
+            uid=c.uid, gid=c.gid, supplemental_groups=_supplemental_groups(c))),
         stop_signal=_signal(c.stop_signal),
     )
 

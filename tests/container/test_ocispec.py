@@ -1,4 +1,4 @@
-"""The OCI spec builder and the user resolution: pure functions, no root needed."""
+"""The OCI spec builder: pure functions, no root needed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ import pytest
 from crishim.container import ocispec, seccomp
 from crishim.container.model import ContainerSpec, Mount, Resources, SeccompKind, SecurityContext
 from crishim.container.ocispec import SpecInputs, build_spec, capabilities, exec_process
-from crishim.container.users import User, resolve_user
+from crishim.container.users import User
 from crishim.errors import FailedPrecondition, InvalidArgument
 from crishim.sandbox.model import NamespaceMode, Sandbox, SandboxSpec, SandboxState
-
-PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\nbroken line\n"
-GROUP = "root:x:0:\napp:x:1001:\nwheel:x:10:app,other\nvideo:x:44:app\n"
 
 
 def pod(**spec_kw: Any) -> Sandbox:
@@ -203,29 +200,3 @@ def test_exec_process() -> None:
     assert "oomScoreAdj" not in proc
     with pytest.raises(InvalidArgument):
         exec_process(base, [])
-
-
-def resolve(**kw: Any) -> User:
-    args: dict[str, Any] = {"run_as_user": None, "run_as_username": "", "run_as_group": None,
-                            "supplemental_groups": [], "image_user": "", "passwd": PASSWD,
-                            "group": GROUP}
-    args.update(kw)
-    return resolve_user(**args)
-
-
-def test_resolve_user() -> None:
-    assert resolve() == User(0, 0, [], "/root")
-    assert resolve(run_as_user=1000) == User(1000, 1001, [10, 44], "/home/app")
-    assert resolve(run_as_username="app", run_as_group=5, supplemental_groups=[44, 7]) == \
-        User(1000, 5, [10, 44, 7], "/home/app")
-    assert resolve(run_as_user=4242) == User(4242, 0, [], "/")
-    assert resolve(image_user="app") == User(1000, 1001, [10, 44], "/home/app")
-    assert resolve(image_user="app:wheel").gid == 10
-    assert resolve(image_user="1000:7").gid == 7
-    assert resolve(image_user="app", run_as_user=0).uid == 0
-    with pytest.raises(InvalidArgument, match="run_as_group"):
-        resolve(run_as_group=5)
-    with pytest.raises(InvalidArgument, match="passwd"):
-        resolve(run_as_username="ghost")
-    with pytest.raises(InvalidArgument, match="group"):
-        resolve(image_user="app:ghosts")
