@@ -206,7 +206,7 @@ class ContainerManager:
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
                       handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str) -> Container:
         sec = spec.security
-        passwd, group = await asyncio.to_thread(read_user_files, rootfs)
+        passwd, group = await asyncio.to_thread(read_user_files, Path(rootfs))
         user = resolve_user(run_as_user=sec.run_as_user, run_as_username=sec.run_as_username,
                             run_as_group=sec.run_as_group, supplemental_groups=sec.supplemental_groups,
                             image_user=str(image.config.get("User") or ""), passwd=passwd,

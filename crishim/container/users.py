@@ -104,6 +104,9 @@ def resolve_user(*, run_as_user: int | None, run_as_username: str, run_as_group:
         if match is None:
             raise InvalidArgument(f"group {group_part!r} is not in the image's /etc/group")
         gid = match.gid
+    if max(uid, gid) > MAX_ID:
+        raise InvalidArgument(f"user {user_part or '0'!r} resolves to uid {uid} gid {gid} in the "
+                              f"image, beyond the Linux id range (0..{MAX_ID})")
     from_image: list[int] = []
     if entry is not None and policy == GroupsPolicy.MERGE:
         from_image = [g.gid for g in groups if g.name != entry.name and entry.name in g.members]

@@ -75,6 +75,9 @@ def test_bad_requests_name_the_field() -> None:
             resolve(**{"run_as_user": 0, field: value})
     with pytest.raises(InvalidArgument, match=r"security_context\.supplemental_groups: -3"):
         resolve(supplemental_groups=[1, -3])
+    for image_user, passwd in (("4294967295", PASSWD), ("big", "big:x:1:4294967296::/:/bin/sh\n")):
+        with pytest.raises(InvalidArgument, match=f"user '{image_user}' resolves to"):
+            resolve(image_user=image_user, passwd=passwd)
 
 
 @given(uid=st.integers(0, MAX_ID), groups=st.lists(st.integers(0, MAX_ID), max_size=8),
