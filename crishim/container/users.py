@@ -47,11 +47,16 @@ class GroupEntry:
     members: list[str]
 
 
+def _is_id(text: str) -> bool:
+    return text.isdigit() and int(text) <= MAX_ID
+
+
 def parse_passwd(text: str) -> list[PasswdEntry]:
+    """Well-formed lines only (as libc, a line with a bad field is skipped)."""
     entries = []
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) < 7 or not parts[2].isdigit() or not parts[3].isdigit():
+        if len(parts) < 7 or not _is_id(parts[2]) or not _is_id(parts[3]):
             continue
         entries.append(PasswdEntry(parts[0], int(parts[2]), int(parts[3])))
     return entries
@@ -61,7 +66,7 @@ def parse_group(text: str) -> list[GroupEntry]:
     groups = []
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) < 4 or not parts[2].isdigit():
+        if len(parts) < 4 or not _is_id(parts[2]):
             continue
         groups.append(GroupEntry(parts[0], int(parts[2]), [m for m in parts[3].split(",") if m]))
     return groups
@@ -105,8 +110,8 @@ def resolve_user(*, run_as_user: int | None, run_as_username: str, run_as_group:
             raise InvalidArgument(f"group {group_part!r} is not in the image's /etc/group")
         gid = match.gid
     if max(uid, gid) > MAX_ID:
-        raise InvalidArgument(f"user {user_part or '0'!r} resolves to uid {uid} gid {gid} in the "
-                              f"image, beyond the Linux id range (0..{MAX_ID})")
+        raise InvalidArgument(f"the image's User {image_user!r} is beyond the Linux id range "
+                              f"(0..{MAX_ID})")
     from_image: list[int] = []
     if entry is not None and policy == GroupsPolicy.MERGE:
         from_image = [g.gid for g in groups if g.name != entry.name and entry.name in g.members]

@@ -75,9 +75,13 @@ def test_bad_requests_name_the_field() -> None:
             resolve(**{"run_as_user": 0, field: value})
     with pytest.raises(InvalidArgument, match=r"security_context\.supplemental_groups: -3"):
         resolve(supplemental_groups=[1, -3])
-    for image_user, passwd in (("4294967295", PASSWD), ("big", "big:x:1:4294967296::/:/bin/sh\n")):
-        with pytest.raises(InvalidArgument, match=f"user '{image_user}' resolves to"):
-            resolve(image_user=image_user, passwd=passwd)
+    for image_user in ("4294967295", "0:4294967295"):
+        with pytest.raises(InvalidArgument, match=f"the image's User '{image_user}' is beyond"):
+            resolve(image_user=image_user)
+    # Image entries out of range are malformed lines, skipped.
+    with pytest.raises(InvalidArgument, match="user 'big' is not in"):
+        resolve(image_user="big", passwd="big:x:1:4294967296::/:/bin/sh\n")
+    assert resolve(group="big:x:4294967296:root\n") == User(0, 0, [0])
 
 
 @given(uid=st.integers(0, MAX_ID), groups=st.lists(st.integers(0, MAX_ID), max_size=8),
