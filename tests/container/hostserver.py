@@ -31,9 +31,10 @@ def pull(server: CrishimServer, ref: str) -> str:
         api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60).image_ref)
 
 
-def host_pod(server: CrishimServer, name: str) -> tuple[str, api_pb2.PodSandboxConfig]:
+def host_pod(server: CrishimServer, name: str, handler: str = "") -> tuple[str, api_pb2.PodSandboxConfig]:
     config = pod_config(name, host_network=True)
-    pod_id = server.runtime().RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    pod_id = server.runtime().RunPodSandbox(api_pb2.RunPodSandboxRequest(
+        config=config, runtime_handler=handler)).pod_sandbox_id
     return str(pod_id), config
 
 
