@@ -26,6 +26,7 @@ from tests.container.hostserver import (
 )
 from tests.harness import CrishimServer, mounts_below
 from tests.image_fixtures import LayerBlob, TestImages, entry, make_tar
+from tests.sandbox.podutil import stop_and_remove
 
 pytestmark = pytest.mark.root
 
@@ -119,11 +120,12 @@ def test_image_volume_is_mounted_read_only_and_reported(server: CrishimServer, b
         image=api_pb2.ImageSpec(image=layered_id))).image.id == ""
 
 
+@pytest.mark.parametrize("handler", ["", "crun"])
 def test_image_sub_path_stays_inside_the_image(server: CrishimServer, busybox_image: str,
-                                              links_image: str) -> None:
+                                              links_image: str, handler: str) -> None:
     pull(server, busybox_image)
     pull(server, links_image)
-    pod = host_pod(server, "subpaths")
+    pod = host_pod(server, "subpaths", handler)
     cid = create(server, pod, container_config("subpaths", busybox_image, [
         volume(busybox_image, "/mnt/etc", "etc"),
         volume(links_image, "/mnt/hostetc", "hostetc"),
@@ -213,5 +215,5 @@ def test_image_volumes_across_a_crash(server: CrishimServer, busybox_image: str,
     assert mount.image.image_ref and os.path.ismount(mount.host_path)
     assert exec_sync(server, kept, "cat", f"{VOLUME_PATH}/data/hello").stdout == b"hello\n"
     assert leftovers(server) == ([mount.host_path], [f"{kept}-volume-0.json"])
-    remove(server, kept)
+    stop_and_remove(server, pod[0])  # RemovePodSandbox removes the container, and so its volume
     assert leftovers(server) == ([], [])
