@@ -131,12 +131,13 @@ class Floor:
         spec = spec_from_config(container_config(sandbox.spec.name))
         item.cid = cid = secrets.token_hex(32)
         cdir = self.root / "containers" / cid
-        rootfs = Rootfs(lower_dirs=[Path(self.params.lower)], upper_dir=cdir / "upper",
-                        work_dir=cdir / "work", merged=cdir / "rootfs")
+        upper, work = cdir / "upper", cdir / "work"
+        rootfs = Rootfs(lower_dirs=[Path(self.params.lower)], upper_dir=upper, work_dir=work,
+                        merged=cdir / "rootfs")
 
         def bundle_dirs() -> None:
             cdir.mkdir(mode=0o700)
-            for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+            for path in (upper, work, rootfs.merged):
                 path.mkdir()
 
         await asyncio.to_thread(bundle_dirs)

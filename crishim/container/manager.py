@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -22,11 +23,21 @@ from typing import Any, Protocol
 
 from crishim.container import conmon as conmon_mod
 from crishim.container.conmon import Conmon, ExecResult
-from crishim.container.model import Container, ContainerSpec, ContainerState, Resources, SeccompKind
+from crishim.container.features import HandlerFeatures, probe
+from crishim.container.inroot import resolve_in_root
+from crishim.container.model import (
+    Container,
+    ContainerSpec,
+    ContainerState,
+    Mount,
+    Resources,
+    SeccompKind,
+)
 from crishim.container.oci import OCIRuntimeError, RuntimeHandler, hugetlb_available
 from crishim.container.ocispec import (
     SpecInputs,
     build_spec,
+    check_mounts,
     exec_process,
     infra_spec,
     linux_resources,
@@ -34,6 +45,7 @@ from crishim.container.ocispec import (
 from crishim.container.users import read_user_files, resolve_user
 from crishim.errors import (
     AlreadyExists,
+    CrishimError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -46,6 +58,8 @@ log = logging.getLogger(__name__)
 
 RECORD = "container.json"
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+# What kubelet looks for in CreateContainer's error (k8s.io/cri-api errors.ErrImageVolumeMountFailed).
+IMAGE_VOLUME_MOUNT_FAILED = "ImageVolumeMountFailed"
 KILL_WAIT = 30.0
 REOPEN_WAIT = 5.0
 
@@ -66,13 +80,18 @@ class ImageLike(Protocol):
 
 
 class RootfsProvider(Protocol):
-    """What the image manager offers: a writable root filesystem per container, mounted by us and
-    unmounted and deleted by `release_rootfs`."""
+    """What the image manager offers: a writable root filesystem per container and read-only image
+    volumes, mounted by us and unmounted and deleted by `release_rootfs` / `release_image_volumes`."""
 
     async def prepare_rootfs(self, image_id: str, container_id: str,
                              container_dir: Path) -> RootfsLike: ...
 
     async def release_rootfs(self, container_id: str) -> None: ...
+
+    async def prepare_image_volume(self, ref: str, container_id: str, index: int,
+                                   directory: Path) -> tuple[RootfsLike, str]: ...
+
+    async def release_image_volumes(self, container_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class ContainerManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._installed = False
         self._hugetlb = True
+        self.features: dict[str, HandlerFeatures] = {}
         # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
         self.on_change: Callable[[Container, str], None] | None = None
 
@@ -130,6 +150,7 @@ class ContainerManager:
         if not self._installed:
             await asyncio.to_thread(self._dirs)
             self._hugetlb = await asyncio.to_thread(hugetlb_available)
+            self.features = {name: await probe(h) for name, h in self.runtimes.items()}
             self._installed = True
 
     def _dirs(self) -> None:
@@ -161,7 +182,12 @@ class ContainerManager:
                      if c.infra and c.sandbox_id == sandbox_id), None)
 
     def image_in_use(self, image_id: str) -> bool:
-        return any(c.image_id == image_id for c in self._containers.values())
+        """As its rootfs or as an image volume."""
+        return any(c.image_id == image_id or any(m.image_id == image_id for m in c.spec.mounts)
+                   for c in self._containers.values())
+
+    def handler_features(self) -> dict[str, HandlerFeatures]:
+        return dict(self.features)
 
     def list_containers(self, flt: ListFilter | None = None) -> list[Container]:
         flt = flt or ListFilter()
@@ -191,9 +217,11 @@ class ContainerManager:
         cdir = self.root / cid
         try:
             await self._install()
+            check_mounts(spec, self._rro(handler))
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             await rootfs.mount()
+            spec = await self._mount_image_volumes(spec, cid, cdir)
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
         except BaseException:
             self._names.pop(key, None)
@@ -202,6 +230,27 @@ class ContainerManager:
                 await self._remove_files(cid, cdir, handler)
             raise
         return replace(c)
+
+    def _rro(self, handler: RuntimeHandler) -> bool:
+        return self.features.get(handler.name, HandlerFeatures()).recursive_read_only
+
+    async def _mount_image_volumes(self, spec: ContainerSpec, cid: str, cdir: Path) -> ContainerSpec:
+        """Mount each image volume read-only under the container's dir; the mount then binds the
+        image's root, or `image_sub_path` inside it, as its host path."""
+        mounts = list(spec.mounts)
+        for index, m in enumerate(mounts):
+            if not m.image:
+                continue
+            try:
+                volume, image_id = await self._rootfs.prepare_image_volume(
+                    m.image, cid, index, cdir / "image-volumes" / str(index))
+                await volume.mount()
+                source = await asyncio.to_thread(_image_source, str(volume.merged), m)
+            except CrishimError as exc:
+                raise type(exc)(f"{IMAGE_VOLUME_MOUNT_FAILED}: mount {m.container_path!r}: "
+                                f"{exc}") from exc
+            mounts[index] = replace(m, host_path=source, image_id=image_id)
+        return replace(spec, mounts=mounts)
 
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
                       handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str) -> Container:
@@ -218,6 +267,7 @@ class ContainerManager:
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
             hugetlb=self._hugetlb,
+            recursive_read_only=self._rro(handler),
         )
         oci = build_spec(spec, sandbox, inputs)
         log_path = ""
@@ -385,6 +435,7 @@ class ContainerManager:
         else:
             await handler.delete(cid)
         await self._rootfs.release_rootfs(cid)
+        await self._rootfs.release_image_volumes(cid)
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
 
@@ -591,6 +642,23 @@ def _prepare_host_paths(spec: ContainerSpec, log_path: str) -> None:
             os.makedirs(mount.host_path, exist_ok=True)
     if log_path:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
+
+
+def _image_source(root: str, mount: Mount) -> str:
+    """The host path an image volume's mount binds: `image_sub_path` resolved inside the image (never
+    out of it), which must be a directory."""
+    if not mount.image_sub_path:
+        return root
+    what = f"image_sub_path {mount.image_sub_path!r} of image {mount.image!r}"
+    try:
+        path = resolve_in_root(root, mount.image_sub_path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise NotFound(f"{what} does not exist in the image") from exc
+        raise InvalidArgument(f"{what}: {exc.strerror}") from exc
+    if not os.path.isdir(path):
+        raise InvalidArgument(f"{what} is not a directory (only directories can be mounted)")
+    return path
 
 
 def _is_conmon_of(pid: int, cid: str) -> bool:

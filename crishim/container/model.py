@@ -30,6 +30,13 @@ class Mount:
     readonly: bool = False
     # "private" | "rslave" | "rshared", as CRI's MountPropagation.
     propagation: str = "private"
+    # Read-only all the way down: submounts of host_path too (needs readonly and "private").
+    recursive_read_only: bool = False
+    # An image volume: the image as the request named it, a directory inside it, and (set at creation)
+    # the image's id; host_path is then where crishim mounted it.
+    image: str = ""
+    image_sub_path: str = ""
+    image_id: str = ""
 
 
 @dataclass

@@ -229,7 +229,8 @@ class ImageManager:
         self._layer_usage = {k: DiskUsage(**v) for k, v in index["layers"].items()}
         for path in self.store.rootfs.glob("*.json"):
             data = json.loads(path.read_bytes())
-            self._rootfs[path.stem] = (self._make_rootfs(data["layers"], Path(data["dir"])),
+            self._rootfs[path.stem] = (self._make_rootfs(data["layers"], Path(data["dir"]),
+                                                         data.get("readonly", False)),
                                        data["layers"])
 
     async def close(self) -> None:
@@ -559,13 +560,20 @@ class ImageManager:
 
     # --- container root filesystems ---------------------------------------------------------------
 
-    def _make_rootfs(self, diff_ids: Sequence[str], container_dir: Path) -> Rootfs:
+    def _make_rootfs(self, diff_ids: Sequence[str], container_dir: Path, readonly: bool = False
+                     ) -> Rootfs:
         lower = [self.store.layer_path(d) for d in reversed(diff_ids)] or [self.store.empty_layer]
+        if readonly:
+            # Without an upper dir overlayfs needs two lower dirs; the empty layer pads a single one.
+            return Rootfs(lower_dirs=[*lower, self.store.empty_layer], upper_dir=None, work_dir=None,
+                          merged=container_dir / "rootfs")
         return Rootfs(lower_dirs=lower, upper_dir=container_dir / "upper",
                       work_dir=container_dir / "work", merged=container_dir / "rootfs")
 
-    async def prepare_rootfs(self, image_id: str, container_id: str, container_dir: Path) -> Rootfs:
-        """Directories for the container's overlay; its layers stay until `release_rootfs`."""
+    async def prepare_rootfs(self, image_id: str, container_id: str, container_dir: Path,
+                             readonly: bool = False) -> Rootfs:
+        """Directories for the container's overlay (with no writable layer when `readonly`); its
+        layers stay until `release_rootfs`."""
         async with self._lock:
             known = self._rootfs.get(container_id)
             if known is not None:
@@ -574,17 +582,37 @@ class ImageManager:
             if record is None:
                 raise NotFound(f"image {image_id} not found")
             diff_ids = [layer.diff_id for layer in record.layers]
-            rootfs = self._make_rootfs(diff_ids, container_dir)
-            data = json.dumps({"image": image_id, "layers": diff_ids, "dir": str(container_dir)})
+            if readonly and not diff_ids:
+                raise FailedPrecondition(f"image {image_id} has no layers to mount")
+            rootfs = self._make_rootfs(diff_ids, container_dir, readonly)
+            data = json.dumps({"image": image_id, "layers": diff_ids, "dir": str(container_dir),
+                               "readonly": readonly})
 
             def setup() -> None:
-                for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+                for path in _own_dirs(rootfs):
                     path.mkdir(parents=True, exist_ok=True)
                 write_bytes_atomic(self.store.rootfs / f"{container_id}.json", data.encode())
 
             await asyncio.to_thread(setup)
             self._rootfs[container_id] = (rootfs, diff_ids)
             return rootfs
+
+    async def prepare_image_volume(self, ref: str, container_id: str, index: int,
+                                   directory: Path) -> tuple[Rootfs, str]:
+        """A read-only overlay of the image `ref` names (id, tag or digest) for the container's
+        `index`th mount, and the image's id; it stays until `release_image_volumes`."""
+        record = self.get(ref)
+        if record is None:
+            raise NotFound(f"image {ref!r} not found: pull it first")
+        volume = await self.prepare_rootfs(record.id, _volume_key(container_id, index), directory,
+                                           readonly=True)
+        return volume, record.id
+
+    async def release_image_volumes(self, container_id: str) -> None:
+        """Unmount and delete every image volume of the container; none is no error."""
+        prefix = _volume_key(container_id, "")
+        for key in [k for k in self._rootfs if k.startswith(prefix)]:
+            await self.release_rootfs(key)
 
     async def release_rootfs(self, container_id: str) -> None:
         """Unmount and delete the container's writable layer; unknown ids are no error.
@@ -599,7 +627,7 @@ class ImageManager:
         await rootfs.unmount()
 
         def cleanup() -> None:
-            for path in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged):
+            for path in _own_dirs(rootfs):
                 shutil.rmtree(path, ignore_errors=True)
             (self.store.rootfs / f"{container_id}.json").unlink(missing_ok=True)
 
@@ -611,6 +639,16 @@ class ImageManager:
             still_used.update(d for _rootfs, ids in self._rootfs.values() for d in ids)
             if not set(diff_ids) <= still_used:
                 await self._collect_locked()
+
+
+def _volume_key(container_id: str, index: int | str) -> str:
+    """Image volumes are kept like container rootfs, under the container's id and the mount's index."""
+    return f"{container_id}-volume-{index}"
+
+
+def _own_dirs(rootfs: Rootfs) -> list[Path]:
+    """The directories a container's overlay has to itself (the layers are shared)."""
+    return [p for p in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged) if p is not None]
 
 
 def _flush_close(out: Any) -> None:

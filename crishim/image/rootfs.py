@@ -25,12 +25,14 @@ def _errno(result: int) -> int:
 @dataclass
 class Rootfs:
     lower_dirs: list[Path]  # top layer first, as overlayfs wants them
-    upper_dir: Path
-    work_dir: Path
+    upper_dir: Path | None  # None: read-only (an image volume); the kernel then wants 2+ lower dirs
+    work_dir: Path | None
     merged: Path
 
     def options(self) -> str:
         lower = ":".join(str(p) for p in self.lower_dirs)
+        if self.upper_dir is None:
+            return f"lowerdir={lower}"
         return f"lowerdir={lower},upperdir={self.upper_dir},workdir={self.work_dir}"
 
     def _mount(self) -> None:

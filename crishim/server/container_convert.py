@@ -111,6 +111,26 @@ def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
     )
 
 
+def _mount_from(m: api_pb2.Mount) -> Mount:
+    if m.propagation not in _PROPAGATION:
+        raise InvalidArgument(f"mount {m.container_path!r}: unknown propagation {m.propagation}")
+    image = m.image.image if m.HasField("image") else ""
+    if image and m.host_path:
+        raise InvalidArgument(f"mount {m.container_path!r}: host_path must be empty for an image volume")
+    return Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                 propagation=_PROPAGATION[m.propagation], recursive_read_only=m.recursive_read_only,
+                 image=image, image_sub_path=m.image_sub_path)
+
+
+def _mount_to(m: Mount) -> api_pb2.Mount:
+    """As requested, with where crishim mounted an image volume and the image's id as its image_ref."""
+    return api_pb2.Mount(
+        container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+        propagation=_PROPAGATION_OF[m.propagation], recursive_read_only=m.recursive_read_only,
+        image=api_pb2.ImageSpec(image=m.image, image_ref=m.image_id) if m.image else None,
+        image_sub_path=m.image_sub_path)
+
+
 def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
     if not config.metadata.name:
         raise InvalidArgument("container config: metadata.name is required")
@@ -118,14 +138,7 @@ def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
         raise InvalidArgument("container config: image.image is required")
     if config.devices or config.CDI_devices:
         raise InvalidArgument("container config: devices are not supported")
-    mounts = []
-    for m in config.mounts:
-        if m.HasField("image") and m.image.image:
-            raise InvalidArgument(f"mount {m.container_path!r}: image volumes are not supported")
-        if m.propagation not in _PROPAGATION:
-            raise InvalidArgument(f"mount {m.container_path!r}: unknown propagation {m.propagation}")
-        mounts.append(Mount(container_path=m.container_path, host_path=m.host_path,
-                            readonly=m.readonly, propagation=_PROPAGATION[m.propagation]))
+    mounts = [_mount_from(m) for m in config.mounts]
     stop_signal = ""
     if config.stop_signal != api_pb2.RUNTIME_DEFAULT:
         stop_signal = api_pb2.Signal.Name(config.stop_signal)
@@ -189,9 +202,7 @@ def to_status(c: Container) -> api_pb2.ContainerStatus:
         image=api_pb2.ImageSpec(image=c.spec.image), image_ref=c.image_id, image_id=c.image_id,
         reason=c.reason, message=c.message, labels=c.spec.labels,
         annotations=c.spec.annotations,
-        mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path,
-                              readonly=m.readonly, propagation=_PROPAGATION_OF[m.propagation])
-                for m in c.spec.mounts],
+        mounts=[_mount_to(m) for m in c.spec.mounts],
         log_path=c.log_path,
         resources=api_pb2.ContainerResources(linux=resources_to(c.spec.resources)),
         user=api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(

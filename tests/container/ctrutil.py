@@ -20,6 +20,7 @@ from typing import Any
 from crishim.container.manager import ContainerManager
 from crishim.container.model import ContainerSpec, SecurityContext
 from crishim.container.oci import make_runtimes
+from crishim.errors import NotFound
 from crishim.sandbox.model import Sandbox, SandboxSpec, SandboxState
 from tests.harness import run
 
@@ -71,6 +72,13 @@ class OverlayProvider:
         merged = self.mounted.pop(container_id, None)
         if merged is not None and await asyncio.to_thread(os.path.ismount, merged):
             await _run("umount", str(merged))
+
+    async def prepare_image_volume(self, ref: str, container_id: str, index: int,
+                                   directory: Path) -> tuple[OverlayRootfs, str]:
+        raise NotFound(f"image {ref!r}: this stand-in has no image volumes (the server tests do)")
+
+    async def release_image_volumes(self, container_id: str) -> None:
+        """Nothing to release: no image volume is ever made here."""
 
 
 async def _run(*cmd: str) -> None:

@@ -141,6 +141,33 @@ def test_mounts() -> None:
             build(ContainerSpec(name="a", mounts=[bad]))
 
 
+def test_recursive_read_only_and_image_volume_mounts() -> None:
+    rro = Mount("/ro", "/h/ro", readonly=True, recursive_read_only=True)
+    image = Mount("/img", "/c/image-volumes/0/rootfs/etc", readonly=True, image="busybox",
+                  image_sub_path="etc", image_id="sha256:" + "a" * 64)
+    oci = build(ContainerSpec(name="a", mounts=[rro, image]), recursive_read_only=True)
+    by_dest = {m["destination"]: m for m in oci["mounts"]}
+    assert by_dest["/ro"]["options"] == ["rbind", "rprivate", "rro"]
+    assert by_dest["/img"] == {"destination": "/img", "type": "bind",
+                               "source": "/c/image-volumes/0/rootfs/etc",
+                               "options": ["rbind", "rprivate", "ro"]}
+    refused = {
+        "RROUnsupported": (rro, False),
+        "needs readonly": (Mount("/ro", "/h", recursive_read_only=True), True),
+        "needs private propagation": (Mount("/ro", "/h", readonly=True, recursive_read_only=True,
+                                            propagation="rslave"), True),
+        "must be readonly": (Mount("/img", "", image="busybox"), True),
+        "only for an image volume": (Mount("/m", "/h", image_sub_path="etc"), True),
+        "NUL": (Mount("/m", "/h\0x"), True),
+    }
+    for complaint, (mount, supported) in refused.items():
+        with pytest.raises(InvalidArgument, match=complaint):
+            build(ContainerSpec(name="a", mounts=[mount]), recursive_read_only=supported)
+    # Before crishim mounts it, an image volume has no host path yet.
+    ocispec.check_mounts(ContainerSpec(name="a", mounts=[Mount("/img", "", readonly=True,
+                                                               image="busybox")]), False)
+
+
 def test_privileged_and_paths() -> None:
     oci = build()
     assert oci["linux"]["maskedPaths"] == ocispec.DEFAULT_MASKED_PATHS
