@@ -51,6 +51,9 @@ class RuntimeSection:
 class ImagesSection:
     # Directory of per-registry host files (mirrors, plain HTTP, CA), like containerd's certs.d.
     registry_config_dir: str = "/etc/crishim/registries.d"
+    # Seconds a pull may receive nothing before it is given up (containerd's image_pull_progress_timeout,
+    # 5m): a lack of progress, never the total time, so large layers over slow links still arrive.
+    pull_progress_timeout: float = 300.0
 
 
 @dataclass
@@ -136,6 +139,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("cni.bin_dirs: must name at least one directory")
     if cfg.cni.plugin_timeout <= 0:
         raise ConfigError("cni.plugin_timeout: must be positive")
+    if cfg.images.pull_progress_timeout <= 0:
+        raise ConfigError("images.pull_progress_timeout: must be positive")
     if not 0 <= cfg.streaming.port <= 65535:
         raise ConfigError("streaming.port: must be between 0 and 65535")
 

@@ -36,7 +36,8 @@ class Runtime:
         runtimes = make_runtimes(containers_run, config.runtime.runc_path, config.runtime.crun_path)
         self.handlers = set(runtimes)
         self.images = ImageManager(root=Path(config.state_dir) / "images",
-                                   registry_config_dir=config.images.registry_config_dir)
+                                   registry_config_dir=config.images.registry_config_dir,
+                                   pull_progress_timeout=config.images.pull_progress_timeout)
         self.syncer = Syncer()  # one group commit for sandbox records and CNI cache files
         self.network = NetworkManager(config.cni, self.syncer)
         self.sandboxes = SandboxManager(config, self.network, self.handlers, self.syncer)

@@ -38,6 +38,8 @@ def test_version_and_help() -> None:
     ('log_level = "chatty"', "log_level"),
     ('no_such_key = 1', "no_such_key"),
     ('[streaming]\nport = 70000', "streaming.port"),
+    ('[images]\npull_progress_timeout = 0', "images.pull_progress_timeout"),
+    ('[images]\npull_progress_timeout = "5m"', "images.pull_progress_timeout"),
     ('socket = "relative.sock"', "socket"),
     ('this is not toml', "not valid TOML"),
 ])

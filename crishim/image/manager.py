@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crishim.config import ImagesSection
 from crishim.errors import CrishimError, FailedPrecondition, InvalidArgument, NotFound
 from crishim.image import reference
 from crishim.image.archive import DOCKER_LAYER, ArchiveImage, read_archive
 from crishim.image.reference import Reference
 from crishim.image.registry import (
     INDEX_TYPES,
+    ContentMismatch,
     EndpointError,
     EndpointNotFound,
     RegistryAuth,
@@ -48,10 +50,6 @@ _PARALLEL_LAYERS = 3
 _SHORT_ID_MIN = 12
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
          "s390x": "s390x", "riscv64": "riscv64"}
-
-
-class ContentMismatch(EndpointError):
-    """A registry served bytes that do not match the digest that names them."""
 
 
 @dataclass(frozen=True)
@@ -187,9 +185,11 @@ def layers_from(spec: dict[str, Any], descriptors: list[dict[str, Any]], what: s
 
 
 class ImageManager:
-    def __init__(self, root: Path, registry_config_dir: str | Path | None = None) -> None:
+    def __init__(self, root: Path, registry_config_dir: str | Path | None = None,
+                 pull_progress_timeout: float = ImagesSection.pull_progress_timeout) -> None:
         self.store = Store(root)
         self.registry_config_dir = Path(registry_config_dir) if registry_config_dir else None
+        self.pull_progress_timeout = pull_progress_timeout
         self._images: dict[str, ImageRecord] = {}
         self._layer_usage: dict[str, DiskUsage] = {}
         self._rootfs: dict[str, tuple[Rootfs, list[str]]] = {}
@@ -293,7 +293,7 @@ class ImageManager:
         host = await asyncio.to_thread(load_host_config, self.registry_config_dir, parsed.domain)
         failures: list[CrishimError] = []
         for endpoint in host.endpoints():
-            client = RegistryClient(endpoint, parsed.path, auth)
+            client = RegistryClient(endpoint, parsed.path, auth, self.pull_progress_timeout)
             try:
                 content = await self._fetch(client, parsed)
             except (EndpointError, EndpointNotFound) as exc:
@@ -394,10 +394,14 @@ class ImageManager:
         await asyncio.shield(task)
 
     async def _ensure_blob(self, client: RegistryClient, desc: dict[str, Any]) -> None:
-        digest = desc["digest"]
-        if await asyncio.to_thread(self.store.has_blob, digest):
-            return
-        await self._once(f"blob:{digest}", lambda: self._download(client, digest, desc["size"]))
+        """Download the blob unless stored; either way its size must be the one `desc` declares."""
+        digest, size = desc["digest"], desc["size"]
+        if not await asyncio.to_thread(self.store.has_blob, digest):
+            await self._once(f"blob:{digest}", lambda: self._download(client, digest, size))
+        stored = (await asyncio.to_thread(self.store.blob_path(digest).stat)).st_size
+        if stored != size:
+            raise ContentMismatch(f"the manifest from {client.endpoint.url} declares {size} bytes for "
+                                  f"blob {digest}, the stored blob of that digest has {stored}")
 
     async def _download(self, client: RegistryClient, digest: str, size: int) -> None:
         if await asyncio.to_thread(self.store.has_blob, digest):
@@ -406,19 +410,14 @@ class ImageManager:
         out = await asyncio.to_thread(open, tmp, "wb")
         try:
             hasher = hashlib.sha256()
-            written = 0
-            async with client.blob(digest) as chunks:
+            async with client.blob(digest, size) as chunks:
                 async for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise ContentMismatch(f"{client.endpoint.url} served more than the "
-                                              f"{size} bytes of blob {digest}")
                     hasher.update(chunk)
                     await asyncio.to_thread(out.write, chunk)
             actual = f"sha256:{hasher.hexdigest()}"
-            if actual != digest or written != size:
-                raise ContentMismatch(f"{client.endpoint.url} served {written} bytes with digest "
-                                      f"{actual} for blob {digest} ({size} bytes): not stored")
+            if actual != digest:
+                raise ContentMismatch(f"{client.endpoint.url} served bytes with digest {actual} for "
+                                      f"blob {digest}: not stored")
             await asyncio.to_thread(_flush_close, out)
             await asyncio.to_thread(self.store.commit_ingest, tmp, digest)
         finally:

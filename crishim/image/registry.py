@@ -2,11 +2,16 @@
 
 Auth follows the registry's `WWW-Authenticate` challenge: `Bearer` (ask the token realm, with the
 request's credentials if any) or `Basic`. Tokens are kept per scope for the life of one pull.
+
+A transfer is given up on lack of progress, not on total time: when no byte arrives for
+`progress_timeout` seconds (containerd's `image_pull_progress_timeout`), so a slow but moving download of
+a large layer goes on, and a registry that pauses for less than that finishes the pull.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +31,9 @@ MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MAX_MANIFEST_BYTES = 4 << 20
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-_TIMEOUT = httpx.Timeout(30.0, read=60.0)
+_CONNECT_TIMEOUT = 30.0
+_WRITE_BATCH = 1 << 20  # bytes handed to the writer at once
+_ERROR_BODY_BYTES = 4096  # of an error answer, enough for the distribution API's JSON errors
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,46 @@ class EndpointNotFound(NotFound):
     """This endpoint does not have the manifest or blob."""
 
 
+class ContentMismatch(EndpointError):
+    """A registry served bytes that do not match the digest or size that describe them."""
+
+
+class PullStalled(EndpointError):
+    """No byte arrived from the registry for the progress timeout.
+
+    UNAVAILABLE like any registry failure (the registry is at fault, not the request, and a retry may
+    work), and the next mirror is tried. containerd cancels the pull and answers CANCELLED, which a
+    client cannot tell from its own cancellation.
+    """
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """httpx's timeouts and some protocol errors have an empty message: name the error then."""
+    return str(exc) or type(exc).__name__
+
+
+def _registry_errors(status: int, body: str) -> str:
+    """`CODE: message` of each error of a distribution API error body, else the status and body."""
+    try:
+        found = "; ".join(f"{e['code']}: {e.get('message', '')}" for e in json.loads(body)["errors"])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        found = ""
+    return found or f"HTTP {status}" + (f": {body[:300]}" if body.strip() else " with no body")
+
+
 class RegistryClient:
     """One pull's conversation with one endpoint about one repository."""
 
-    def __init__(self, endpoint: Endpoint, repo: str, auth: RegistryAuth | None) -> None:
+    def __init__(self, endpoint: Endpoint, repo: str, auth: RegistryAuth | None,
+                 progress_timeout: float) -> None:
         self.endpoint = endpoint
         self.repo = repo
         self.auth = auth
+        self.progress_timeout = progress_timeout
         self._authorization = ""
-        self._http = httpx.AsyncClient(verify=endpoint.verify, timeout=_TIMEOUT,
-                                       follow_redirects=True)
+        # httpx's read timeout bounds the wait for each socket read: no progress, not total time.
+        timeout = httpx.Timeout(_CONNECT_TIMEOUT, read=progress_timeout)
+        self._http = httpx.AsyncClient(verify=endpoint.verify, timeout=timeout, follow_redirects=True)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -76,7 +113,7 @@ class RegistryClient:
     def _url(self, kind: str, ref: str) -> str:
         return f"{self.endpoint.url}/v2/{self.repo}/{kind}/{ref}"
 
-    async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
+    async def _send(self, url: str, headers: dict[str, str], what: str) -> httpx.Response:
         """GET with streaming; answers a 401 challenge once and retries."""
         for attempt in range(2):
             request_headers = dict(headers)
@@ -85,8 +122,11 @@ class RegistryClient:
             try:
                 response = await self._http.send(
                     self._http.build_request("GET", url, headers=request_headers), stream=True)
+            except httpx.ReadTimeout as exc:
+                raise PullStalled(f"no answer from {self.endpoint.url} for {what} in "
+                                  f"{self.progress_timeout:g} s") from exc
             except httpx.HTTPError as exc:
-                raise EndpointError(f"cannot reach {self.endpoint.url}: {exc}") from exc
+                raise EndpointError(f"cannot reach {self.endpoint.url}: {_reason(exc)}") from exc
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = response.headers.get("WWW-Authenticate", "")
@@ -124,7 +164,7 @@ class RegistryClient:
                 response = await self._http.get(params["realm"], params=query,
                                                 auth=basic if basic else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
-            raise EndpointError(f"cannot reach token server {params['realm']}: {exc}") from exc
+            raise EndpointError(f"cannot reach token server {params['realm']}: {_reason(exc)}") from exc
         if response.status_code in (401, 403):
             raise self._denied()
         if response.status_code != 200:
@@ -147,19 +187,30 @@ class RegistryClient:
     async def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code == 200:
             return
-        body = (await response.aread())[:300].decode(errors="replace")
-        await response.aclose()
+        data = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) >= _ERROR_BODY_BYTES:
+                    break
+        except httpx.HTTPError as exc:  # the status is known: say it, whatever became of the body
+            data += f"[{_reason(exc)} while reading the answer]".encode()
+        finally:
+            await response.aclose()
+        body = data[:_ERROR_BODY_BYTES].decode(errors="replace")
         if response.status_code == 401:
             raise self._denied()
-        if response.status_code == 404:
-            raise EndpointNotFound(f"{what} not found at {self.endpoint.url}")
-        raise EndpointError(f"{self.endpoint.url} answered {response.status_code} for {what}: {body}")
+        if response.status_code == 404:  # MANIFEST_UNKNOWN, NAME_UNKNOWN, BLOB_UNKNOWN or a bare 404
+            raise EndpointNotFound(f"{what} not found at {self.endpoint.url} "
+                                   f"({_registry_errors(404, body)})")
+        raise EndpointError(f"{self.endpoint.url} answered for {what}: "
+                            f"{_registry_errors(response.status_code, body)}")
 
     async def manifest(self, ref: str) -> tuple[bytes, str]:
         """The manifest's bytes and media type; the caller checks its digest."""
         what = f"manifest {self.repo}:{ref}" if ":" not in ref else f"manifest {self.repo}@{ref}"
         response = await self._send(self._url("manifests", ref),
-                                    {"Accept": ", ".join(MANIFEST_TYPES)})
+                                    {"Accept": ", ".join(MANIFEST_TYPES)}, what)
         await self._check(response, what)
         data = bytearray()
         try:
@@ -167,26 +218,55 @@ class RegistryClient:
                 data += chunk
                 if len(data) > MAX_MANIFEST_BYTES:
                     raise EndpointError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+        except httpx.ReadTimeout as exc:
+            raise self._stalled(what, len(data), response.headers.get("Content-Length", "?")) from exc
         except httpx.HTTPError as exc:
-            raise EndpointError(f"reading {what} from {self.endpoint.url}: {exc}") from exc
+            raise EndpointError(f"reading {what} from {self.endpoint.url}: {_reason(exc)}") from exc
         finally:
             await response.aclose()
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         return bytes(data), media_type
 
+    def _stalled(self, what: str, received: int, total: int | str) -> PullStalled:
+        return PullStalled(f"no progress for {self.progress_timeout:g} s: {self.endpoint.url} stopped "
+                           f"sending {what} after {received} of {total} bytes")
+
     @asynccontextmanager
-    async def blob(self, digest: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The blob's bytes as they arrive; the caller hashes and checks them."""
-        response = await self._send(self._url("blobs", digest), {})
-        await self._check(response, f"blob {digest} of {self.repo}")
+    async def blob(self, digest: str, size: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The blob's bytes as they arrive, exactly `size` of them; the caller checks the digest."""
+        what = f"blob {digest} of {self.repo}"
+        response = await self._send(self._url("blobs", digest), {}, what)
+        await self._check(response, what)
         try:
-            yield self._chunks(response, digest)
+            announced = response.headers.get("Content-Length")
+            if announced is not None and announced != str(size) \
+                    and not response.headers.get("Content-Encoding"):
+                raise ContentMismatch(f"{self.endpoint.url} announces {announced} bytes for {what}, "
+                                      f"the manifest declares {size}")
+            yield self._chunks(response, what, size)
         finally:
             await response.aclose()
 
-    async def _chunks(self, response: httpx.Response, digest: str) -> AsyncIterator[bytes]:
+    async def _chunks(self, response: httpx.Response, what: str, size: int) -> AsyncIterator[bytes]:
+        received = 0
+        batch = bytearray()
         try:
-            async for chunk in response.aiter_raw(1 << 20):
-                yield chunk
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > size:
+                    raise ContentMismatch(f"{self.endpoint.url} sent more than the {size} bytes the "
+                                          f"manifest declares for {what}")
+                batch += chunk
+                if len(batch) >= _WRITE_BATCH:
+                    yield bytes(batch)
+                    batch.clear()
+        except httpx.ReadTimeout as exc:
+            raise self._stalled(what, received, size) from exc
         except httpx.HTTPError as exc:
-            raise EndpointError(f"reading blob {digest} from {self.endpoint.url}: {exc}") from exc
+            raise EndpointError(f"reading {what} from {self.endpoint.url} after {received} of {size} "
+                                f"bytes: {_reason(exc)}") from exc
+        if received != size:
+            raise ContentMismatch(f"{self.endpoint.url} sent {received} of the {size} bytes the manifest "
+                                  f"declares for {what}")
+        if batch:
+            yield bytes(batch)

@@ -1,8 +1,9 @@
 """A tiny HTTP proxy in front of the test registry, for faults a real registry cannot produce.
 
 It forwards GETs (one request per connection, `Connection: close`) and can flip a byte of every blob
-(`tamper`) or send half of any blob of at least `stall_min_bytes` and then hang; it counts the requests
-it saw per path.
+(`tamper`), send blobs chunked without a Content-Length (`chunked`), or stall inside any blob of at least
+`stall_min_bytes`: it sends the blob in `stall_pauses + 1` pieces and pauses `stall_seconds` after each
+but the last (None: until the proxy stops). It counts the requests it saw per path.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
@@ -21,7 +23,10 @@ class RegistryProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tamper = False
+        self.chunked = False
         self.stall_min_bytes = 0
+        self.stall_pauses = 1
+        self.stall_seconds: float | None = None
         self.stalled = asyncio.Event()
         self.requests: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
@@ -50,20 +55,27 @@ class RegistryProxy:
             self.requests[path] += 1
             response = await self._client.request(method, f"{self.upstream}{path}", headers=headers)
             body = response.content
-            if "/blobs/" in path and response.status_code == 200 and self.tamper:
+            is_blob = "/blobs/" in path and response.status_code == 200
+            if is_blob and self.tamper:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
-            lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}",
-                     f"Content-Length: {len(body)}", "Connection: close"]
+            lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}", "Connection: close"]
+            chunked = is_blob and self.chunked
+            lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}")
             lines += [f"{k}: {v}" for k, v in response.headers.items() if k.lower() in _PASS_HEADERS]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            if "/blobs/" in path and response.status_code == 200 \
-                    and 0 < self.stall_min_bytes <= len(body):
-                writer.write(body[: len(body) // 2])
+            stall = is_blob and 0 < self.stall_min_bytes <= len(body)
+            pieces = self.stall_pauses + 1 if stall else 1
+            step = -(-len(body) // pieces)
+            for i in range(pieces):
+                piece = body[i * step:(i + 1) * step]
+                if piece:
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 await writer.drain()
-                self.stalled.set()
-                await self._release.wait()
-            else:
-                writer.write(body)
+                if i < pieces - 1:
+                    self.stalled.set()
+                    await self._pause()
+            if chunked:
+                writer.write(b"0\r\n\r\n")
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -71,6 +83,13 @@ class RegistryProxy:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _pause(self) -> None:
+        if self.stall_seconds is None:
+            await self._release.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.stall_seconds)
 
     async def start(self) -> RegistryProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -91,3 +110,25 @@ async def registry_proxy(upstream: str) -> AsyncIterator[RegistryProxy]:
         yield proxy
     finally:
         await proxy.stop()
+
+
+@contextlib.contextmanager
+def registry_proxy_thread(upstream: str) -> Iterator[RegistryProxy]:
+    """The proxy on an event loop of its own thread, for a test whose puller is a crishim process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="registry-proxy", daemon=True)
+    thread.start()
+
+    async def start() -> RegistryProxy:
+        return await RegistryProxy(upstream).start()
+
+    try:
+        proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        try:
+            yield proxy
+        finally:
+            asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

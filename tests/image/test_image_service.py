@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
 
-from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
-from crishim.config import Config
+from crishim.api.runtime.v1 import api_pb2
 from crishim.image import ImageManager
-from crishim.runtime import Runtime
-from crishim.server.service import ImageServicer, generic_handler
 from tests.image_fixtures import TestImages
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-async def stub(tmp_path: Path, manager: ImageManager) -> AsyncIterator[Any]:
-    runtime = SimpleNamespace(images=manager, config=Config(state_dir=str(tmp_path)))
-    service = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers([generic_handler(ImageServicer(cast(Runtime, runtime)), service)])
-    socket = tmp_path / "images.sock"
-    server.add_insecure_port(f"unix:{socket}")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"unix:{socket}")
-    try:
-        yield api_pb2_grpc.ImageServiceStub(channel)
-    finally:
-        await channel.close(None)
-        await server.stop(None)
 
 
 def spec(ref: str) -> api_pb2.ImageSpec:
