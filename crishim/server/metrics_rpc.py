@@ -77,9 +77,17 @@ def _cgroup(get: Callable[[CgroupStats], int | None], unit: int = 1) -> Callable
     return values
 
 
-def _spec_memory(get: Callable[[CgroupStats], int | None]) -> Callable[[Subject], Values]:
-    """cAdvisor's spec memory values: an unlimited one reads 0."""
-    return lambda s: [((), get(s.cgroup) or 0)] if s.cgroup is not None else []
+def _setting(get: Callable[[CgroupStats], int | None], unlimited: int | None = None
+             ) -> Callable[[Subject], Values]:
+    """A cgroup setting; None ("no limit") reads `unlimited` where cAdvisor gives it a value. Figures
+    added up over a pod's containers have no settings."""
+    def values(s: Subject) -> Values:
+        if s.cgroup is None or s.cgroup.summed:
+            return []
+        value = get(s.cgroup)
+        value = unlimited if value is None else value
+        return [((), value)] if value is not None else []
+    return values
 
 
 def _with_quota(get: Callable[[CgroupStats], int | None], unit: int = 1) -> Callable[[Subject], Values]:
@@ -160,11 +168,11 @@ SERIES: tuple[Series, ...] = (
            "Total time duration the container has been throttled.", C, (),
            _with_quota(lambda c: c.cfs_throttled_ns, SECOND)),
     Series("container_spec_cpu_period", "CPU period of the container.", G, (),
-           _cgroup(lambda c: c.cpu_period_us)),
+           _setting(lambda c: c.cpu_period_us)),
     Series("container_spec_cpu_quota", "CPU quota of the container.", G, (),
-           _cgroup(lambda c: c.cpu_quota_us)),
+           _setting(lambda c: c.cpu_quota_us)),
     Series("container_spec_cpu_shares", "CPU share of the container.", G, (),
-           _cgroup(lambda c: c.cpu_shares)),
+           _setting(lambda c: c.cpu_shares)),
     # Memory
     Series("container_memory_usage_bytes",
            "Current memory usage in bytes, including all memory regardless of when it was accessed", G, (),
@@ -188,11 +196,11 @@ SERIES: tuple[Series, ...] = (
     Series("container_oom_events_total", "Count of out of memory events observed for the container", C, (),
            _cgroup(lambda c: c.oom_kills)),
     Series("container_spec_memory_limit_bytes", "Memory limit for the container.", G, (),
-           _spec_memory(lambda c: c.memory_limit)),
+           _setting(lambda c: c.memory_limit, unlimited=0)),
     Series("container_spec_memory_reservation_limit_bytes", "Memory reservation limit for the container.", G,
-           (), _spec_memory(lambda c: c.memory_reservation)),
+           (), _setting(lambda c: c.memory_reservation, unlimited=0)),
     Series("container_spec_memory_swap_limit_bytes", "Memory swap limit for the container.", G, (),
-           _spec_memory(lambda c: c.swap_limit)),
+           _setting(lambda c: c.swap_limit, unlimited=0)),
     Series("container_hugetlb_usage_bytes", "Current hugepage usage in bytes", G, ("pagesize",),
            _hugetlb(lambda h: h.usage)),
     Series("container_hugetlb_max_usage_bytes", "Maximum hugepage usage recorded in bytes", G, ("pagesize",),
@@ -223,7 +231,7 @@ SERIES: tuple[Series, ...] = (
            _cgroup(lambda c: c.threads)),
     Series("container_threads_max",
            "Maximum number of threads allowed inside the container, infinity if value is zero", G, (),
-           _cgroup(lambda c: c.threads_max or 0)),
+           _setting(lambda c: c.threads_max, unlimited=0)),
     Series("container_file_descriptors", "Number of open file descriptors for the container.", G, (),
            _processes(lambda p: p.file_descriptors)),
     Series("container_sockets", "Number of open sockets for the container.", G, (),

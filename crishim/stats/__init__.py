@@ -1,4 +1,4 @@
-"""Container and pod statistics: cgroups, writable layers and pod network counters."""
+"""Container and pod statistics: cgroups, processes, writable layers and pod network counters."""
 
 from crishim.stats.cgroups import BlkioDevice, CgroupReader, CgroupStats, Hugetlb, Pressure, cgroup_of
 from crishim.stats.collector import ContainerSample, ContainerSource, PodSample, StatsCollector

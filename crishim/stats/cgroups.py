@@ -83,6 +83,8 @@ class CgroupStats:
     cpu_quota_us: int | None = None
     cpu_period_us: int | None = None
     threads_max: int | None = None
+    # Usage added up over a pod's containers (a pod without a cgroup of its own): its settings are unknown.
+    summed: bool = False
     pressure: dict[str, Pressure] = field(default_factory=dict)  # "cpu" | "memory" | "io"
     hugetlb: dict[str, Hugetlb] = field(default_factory=dict)  # by page size as the kernel names it
     blkio: list[BlkioDevice] = field(default_factory=list)

@@ -61,6 +61,7 @@ _ADDITIVE = ("cpu_usage_ns", "cpu_user_ns", "cpu_system_ns", "memory_usage", "me
 
 
 def _sum(samples: list[CgroupStats]) -> CgroupStats | None:
+    """A pod without its own cgroup: its containers' figures added up."""
     if not samples:
         return None
 
@@ -69,7 +70,15 @@ def _sum(samples: list[CgroupStats]) -> CgroupStats | None:
         return sum(values) if values else None
 
     totals: dict[str, Any] = {name: total(name) for name in _ADDITIVE}
-    return replace(CgroupStats(timestamp=max(s.timestamp for s in samples)), **totals)
+    return replace(CgroupStats(timestamp=max(s.timestamp for s in samples), summed=True), **totals)
+
+
+def _sum_processes(samples: list[ProcessStats]) -> ProcessStats | None:
+    """Descriptors and sockets add up; ulimits belong to one root process, which such a pod lacks."""
+    if not samples:
+        return None
+    return ProcessStats(file_descriptors=sum(p.file_descriptors for p in samples),
+                        sockets=sum(p.sockets for p in samples))
 
 
 class StatsCollector:
@@ -112,11 +121,11 @@ class StatsCollector:
         samples = await self.containers_sample(members)
         parent = sandbox.spec.cgroup_parent
         own, procs = await asyncio.to_thread(self._read_cgroup, parent, 0) if parent else (None, None)
-        stats = own or _sum([s.cgroup for s in samples if s.cgroup is not None])
         if own is None:
-            counted = [s.processes for s in samples if s.processes is not None]
-            procs = ProcessStats(file_descriptors=sum(p.file_descriptors for p in counted),
-                                 sockets=sum(p.sockets for p in counted)) if counted else None
+            stats = _sum([s.cgroup for s in samples if s.cgroup is not None])
+            procs = _sum_processes([s.processes for s in samples if s.processes is not None])
+        else:
+            stats = own
         interfaces: list[InterfaceCounters] = []
         if sandbox.netns_path and sandbox.state == SandboxState.READY:
             with contextlib.suppress(OSError):  # the pod's namespace went away while we looked
