@@ -7,7 +7,8 @@ CRI-O's and containerd's choice (id, name, image), so dashboards written against
 working. Values are whole units, as the CRI Metric carries a uint64: seconds for times, bytes for sizes;
 cAdvisor's "unlimited" spec values read 0 and its -1 ulimits are left out.
 
-What this node cannot give: hugetlb usage appears only where the container's cgroup has the hugetlb
+Pressure (PSI) is read from the cgroup2 mount even on hybrid hosts, whose v1 hierarchies have no pressure
+files. What this node cannot give: hugetlb usage appears only where the container's cgroup has the hugetlb
 controller (a v1 hugetlb hierarchy, or cgroup2 with the controller enabled); on hybrid hosts whose cgroup2
 mount does not enable it below its root (the development machines) those series stay described but
 empty. cgroup2 keeps no hugetlb peak, so container_hugetlb_max_usage_bytes is v1 only. The blkio-based
