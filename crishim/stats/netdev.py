@@ -19,6 +19,10 @@ class InterfaceCounters:
     rx_errors: int
     tx_bytes: int
     tx_errors: int
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
 
 
 def parse_net_dev(text: str) -> list[InterfaceCounters]:
@@ -30,8 +34,9 @@ def parse_net_dev(text: str) -> list[InterfaceCounters]:
         if not sep or len(fields) < 16:
             continue
         values = [int(f) for f in fields]
-        found.append(InterfaceCounters(name=name.strip(), rx_bytes=values[0], rx_errors=values[2],
-                                       tx_bytes=values[8], tx_errors=values[10]))
+        found.append(InterfaceCounters(name=name.strip(), rx_bytes=values[0], rx_packets=values[1],
+                                       rx_errors=values[2], rx_dropped=values[3], tx_bytes=values[8],
+                                       tx_packets=values[9], tx_errors=values[10], tx_dropped=values[11]))
     return found
 
 

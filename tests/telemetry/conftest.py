@@ -70,10 +70,10 @@ def cgroup_dirs() -> Iterator[Callable[[Path, list[str]], str]]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
     for path in made:
-        poll(lambda path=path: _rmdir(path), what=f"cgroup {path} to be removable")
+        poll(lambda path=path: remove_cgroup_dir(path), what=f"cgroup {path} to be removable")
 
 
-def _rmdir(path: Path) -> bool:
+def remove_cgroup_dir(path: Path) -> bool:
     """False while killed processes are still leaving the cgroup."""
     try:
         path.rmdir()

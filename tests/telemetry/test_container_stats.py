@@ -6,7 +6,7 @@ the pod the container suite's fixture built, in place of the sandbox manager.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.container.manager import ContainerManager
 from crishim.errors import NotFound
 from crishim.sandbox.model import Sandbox
+from crishim.server.metrics_rpc import pod_metrics as pod_metrics_of
 from crishim.server.observability import ObservabilityMixins
 from crishim.stats import StatsCollector
 from tests.container.ctrutil import IMAGE, Env, Pod, spec, wait_until
@@ -109,6 +110,13 @@ async def test_stats_of_a_busy_container_move_the_right_way(env: Env, pod: Pod) 
     by_name = {m.name: m for m in container_metrics.metrics}
     assert by_name["container_memory_working_set_bytes"].value.value >= 32 * MiB
     assert list(by_name["container_memory_working_set_bytes"].label_values) == [c.id, "busy", ""]
+    # Seen as a pod without a cgroup of its own, the pod adds up its containers' figures.
+    unparented = replace(pod.sandbox, spec=replace(pod.sandbox.spec, cgroup_parent=""))
+    summed = {m.name: m for m in pod_metrics_of(await servicer.runtime.stats.pod(unparented)).metrics}
+    for name in ("container_threads", "container_file_descriptors", "container_memory_cache"):
+        assert summed[name].value.value >= by_name[name].value.value > 0, name
+    assert "container_spec_memory_limit_bytes" not in summed  # settings do not add up
+    assert "container_spec_memory_limit_bytes" in {m.name for m in pod_metrics.metrics}
     descriptors = (await servicer.ListMetricDescriptors(api_pb2.ListMetricDescriptorsRequest(), None))
     described = {d.name for d in descriptors.descriptors}
     assert names | set(by_name) <= described

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from crishim.stats import CgroupReader, cgroup_of, dir_usage, read_pod_interfaces
+from crishim.stats import CgroupReader, Hugetlb, Pressure, cgroup_of, dir_usage, read_pod_interfaces
 from crishim.stats.cpu import CpuRates
 from crishim.stats.netdev import parse_net_dev
+from crishim.stats.procs import parse_limits
 from tests.harness import poll, run
 from tests.telemetry.conftest import CGROUP_ROOT
 
@@ -51,6 +52,86 @@ def test_parse_net_dev() -> None:
     eth0 = parse_net_dev(text)[1]
     assert (eth0.name, eth0.rx_bytes, eth0.rx_errors, eth0.tx_bytes, eth0.tx_errors) == (
         "eth0", 2048, 3, 4096, 4)
+    assert (eth0.rx_packets, eth0.rx_dropped, eth0.tx_packets, eth0.tx_dropped) == (20, 0, 30, 0)
+
+
+def test_parse_limits_keeps_the_soft_open_files_limit() -> None:
+    text = ("Limit                     Soft Limit           Hard Limit           Units     \n"
+            "Max cpu time              unlimited            unlimited            seconds   \n"
+            "Max open files            1024                 524288               files     \n")
+    assert parse_limits(text) == {"max_open_files": 1024}
+    assert parse_limits(text.replace("1024 ", "unlimited ")) == {}
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not _v1_available(), reason="needs cgroup v1 hierarchies")
+def test_hybrid_reader_reads_settings_pressure_and_threads(cgroup_dirs: Callable[[Path, list[str]], str],
+                                                          busy: Busy) -> None:
+    controllers = ["cpu", *V1_CONTROLLERS, *(["unified"] if (CGROUP_ROOT / "unified").is_dir() else [])]
+    relative = cgroup_dirs(CGROUP_ROOT, controllers)
+    cpu = CGROUP_ROOT / "cpu" / relative.lstrip("/")
+    (cpu / "cpu.shares").write_text("512")
+    (cpu / "cpu.cfs_quota_us").write_text("50000")
+    (CGROUP_ROOT / "memory" / relative.lstrip("/") / "memory.soft_limit_in_bytes").write_text(str(32 * MiB))
+    (CGROUP_ROOT / "pids" / relative.lstrip("/") / "pids.max").write_text("100")
+    reader = CgroupReader(CGROUP_ROOT, unified=False)
+    idle = reader.read(relative)
+    assert idle is not None and idle.threads == 0 and idle.cfs_periods == 0
+    proc = busy(8 * MiB, lambda pid: _enter(CGROUP_ROOT, controllers, relative, pid))
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "allocated"
+    later = poll(lambda: (s := reader.read(relative)) and s.cfs_periods and s.cpu_user_ns and s,
+                 what="CFS periods and user time to be counted")
+    assert (later.cpu_shares, later.cpu_quota_us, later.cpu_period_us) == (512, 50000, 100000)
+    assert later.memory_reservation == 32 * MiB and later.threads_max == 100
+    assert later.threads == 1 and reader.pids(relative) == [proc.pid]
+    # v1 splits user and system time by ticks: close to the precise total, not bounded by it.
+    assert later.cpu_usage_ns is not None and later.cpu_system_ns is not None
+    assert abs(later.cpu_user_ns + later.cpu_system_ns - later.cpu_usage_ns) < 100_000_000
+    assert later.page_faults_local is not None and later.page_faults_local > 8 * MiB // 4096
+    assert later.memory_max_usage is not None and later.memory_max_usage >= 8 * MiB
+    assert later.oom_kills == 0 and later.memory_failcnt == 0
+    if "unified" in controllers:  # PSI comes from the cgroup2 mount at the same path
+        assert set(later.pressure) == {"cpu", "memory", "io"}
+        assert later.pressure["cpu"].full_us <= later.pressure["cpu"].some_us
+
+
+def test_v2_files_are_parsed(tmp_path: Path) -> None:
+    """The cgroup2 layout with every controller (this machine's cgroup2 mount has none below its root):
+    the files as the kernel writes them."""
+    cg = tmp_path / "pod" / "ctr"
+    cg.mkdir(parents=True)
+    files = {
+        "cgroup.procs": "7\n", "cgroup.threads": "7\n8\n9\n", "cpu.stat": "usage_usec 3000\nuser_usec 2000\n"
+        "system_usec 1000\nnr_periods 10\nnr_throttled 4\nthrottled_usec 500\n",
+        "cpu.max": "50000 100000\n", "cpu.weight": "100\n", "memory.current": "4096\n",
+        "memory.peak": "8192\n", "memory.max": "max\n", "memory.low": "0\n",
+        "memory.stat": "anon 1024\nfile 2048\nfile_mapped 512\nkernel 256\ninactive_file 1024\n"
+        "pgfault 30\npgmajfault 2\n",
+        "memory.events": "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n", "pids.max": "max\n",
+        "cpu.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=1500000\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=500000\n",
+        "hugetlb.2MB.current": "4194304\n", "hugetlb.2MB.rsvd.current": "0\n",
+        "hugetlb.1GB.current": "0\n",
+        "io.stat": "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+    }
+    for name, text in files.items():
+        (cg / name).write_text(text)
+    stats = CgroupReader(tmp_path, unified=True).read("/pod/ctr")
+    assert stats is not None
+    assert (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns) == (3_000_000, 2_000_000, 1_000_000)
+    assert (stats.cfs_periods, stats.cfs_throttled_periods, stats.cfs_throttled_ns) == (10, 4, 500_000)
+    # Weight 100, the kernel's default, maps back to shares as runc maps shares to weight.
+    assert (stats.cpu_quota_us, stats.cpu_period_us, stats.cpu_shares) == (50000, 100000, 2597)
+    assert (stats.memory_usage, stats.memory_max_usage, stats.memory_working_set) == (4096, 8192, 3072)
+    assert (stats.memory_cache, stats.memory_mapped_file, stats.memory_kernel) == (2048, 512, 256)
+    assert (stats.memory_failcnt, stats.oom_kills, stats.memory_limit, stats.memory_reservation) == (
+        3, 1, None, None)
+    assert (stats.threads, stats.threads_max, stats.processes) == (3, None, 1)
+    assert stats.pressure == {"cpu": Pressure(some_us=1_500_000, full_us=500_000)}
+    assert stats.hugetlb == {"2MB": Hugetlb(usage=4 * MiB, max_usage=None), "1GB": Hugetlb(0, None)}
+    (disk,) = stats.blkio
+    assert (disk.major, disk.minor, disk.read_bytes, disk.write_bytes, disk.reads, disk.writes) == (
+        8, 0, 4096, 8192, 1, 2)
 
 
 @pytest.mark.root
