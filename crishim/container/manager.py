@@ -28,6 +28,7 @@ from crishim.container.ocispec import (
     SpecInputs,
     build_spec,
     exec_process,
+    held_capabilities,
     infra_spec,
     linux_resources,
 )
@@ -114,6 +115,7 @@ class ContainerManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._installed = False
         self._hugetlb = True
+        self._held_capabilities: list[str] | None = None
         # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
         self.on_change: Callable[[Container, str], None] | None = None
 
@@ -130,6 +132,7 @@ class ContainerManager:
         if not self._installed:
             await asyncio.to_thread(self._dirs)
             self._hugetlb = await asyncio.to_thread(hugetlb_available)
+            self._held_capabilities = await asyncio.to_thread(_own_capabilities)
             self._installed = True
 
     def _dirs(self) -> None:
@@ -217,7 +220,7 @@ class ContainerManager:
             oom_score_adj_floor=await asyncio.to_thread(_own_oom_score_adj),
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
-            hugetlb=self._hugetlb,
+            hugetlb=self._hugetlb, held_capabilities=self._held_capabilities,
         )
         oci = build_spec(spec, sandbox, inputs)
         log_path = ""
@@ -570,6 +573,10 @@ def _cgroups_path(sandbox: Sandbox, container_id: str) -> str:
 
 def _own_oom_score_adj() -> int:
     return int(Path("/proc/self/oom_score_adj").read_text())
+
+
+def _own_capabilities() -> list[str]:
+    return held_capabilities(Path("/proc/self/status").read_text())
 
 
 def _read_exit(cdir: Path) -> tuple[int, int, bool] | None:
