@@ -407,8 +407,9 @@ class ContainerManager:
 
     # ---- exec, resources, logs -----------------------------------------------------------------
 
-    async def exec_sync(self, container_id: str, cmd: list[str], kill_after: int) -> ExecResult:
-        """Run `cmd` in the container; `kill_after` seconds (0: no limit) then kill it."""
+    async def exec_sync(self, container_id: str, cmd: list[str], kill_after: float) -> ExecResult:
+        """Run `cmd` in the container; after `kill_after` seconds (0: no limit) kill it and everything
+        it started, and raise DeadlineExceeded."""
         c = await self._running(container_id)
         if kill_after < 0:
             raise InvalidArgument("exec timeout must not be negative")
@@ -425,8 +426,8 @@ class ContainerManager:
             return await conmon_mod.exec_sync(
                 self.conmon, self.runtimes[c.runtime_handler], container_id=c.id,
                 exec_id=exec_id, bundle=str(work), process_spec=str(work / "process.json"),
-                log_path=str(work / "output.log"), kill_after=kill_after,
-                output_limit=self.exec_output_limit)
+                log_path=str(work / "output.log"), cgroups_path=config["linux"]["cgroupsPath"],
+                kill_after=kill_after, output_limit=self.exec_output_limit)
         finally:
             await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / exec_id)
 
