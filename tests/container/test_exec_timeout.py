@@ -13,12 +13,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from crishim.api.runtime.v1 import api_pb2
 from crishim.container.exec_cgroup import V1_HIERARCHY
 from crishim.container.manager import ContainerManager
 from crishim.errors import DeadlineExceeded
+from tests.container.criutil import Cri, cri, node_registry
 from tests.container.ctrutil import IMAGE, Env, Pod, make_pod, spec, wait_until
+from tests.harness import poll
+
+__all__ = ["cri", "node_registry"]  # fixtures the tests below use
 
 pytestmark = pytest.mark.root
 
@@ -135,3 +141,42 @@ async def test_cancelled_exec_leaves_nothing(env: Env, pod: Pod) -> None:
         await task
     assert host_processes(*MARKS) == []
     assert exec_cgroups(pod, cid) == []
+
+
+def exec_sync_rpc(cri: Cri, container_id: str, cmd: list[str], timeout: int) -> api_pb2.ExecSyncResponse:
+    """As kubelet calls it: the gRPC deadline is the exec timeout plus its own 2 minutes."""
+    return cri.server.runtime().ExecSync(api_pb2.ExecSyncRequest(
+        container_id=container_id, cmd=cmd, timeout=timeout), timeout=timeout + 120)
+
+
+def test_exec_sync_timeout_through_the_server(cri: Cri) -> None:
+    """critest's spec, then what kubelet's prober relies on: DEADLINE_EXCEEDED, not an exit code."""
+    cid = cri.container(cri.pod("exec-timeout"), "sleeper")
+    assert exec_sync_rpc(cri, cid, ["sh", "-c", "sleep 0.9; echo -n in-time"], 1).stdout == b"in-time"
+
+    begin = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync_rpc(cri, cid, ["sleep", "4321"], 1)
+    elapsed = time.monotonic() - begin
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in err.value.details()
+    assert 1.0 <= elapsed < 1.5, elapsed
+    after = exec_sync_rpc(cri, cid, ["sh", "-c", "ps -o args | grep '^sleep 4321' || true"], 30)
+    assert (after.exit_code, after.stdout, after.stderr) == (0, b"", b"")
+
+    begin = time.monotonic()
+    call = cri.server.runtime().ExecSync.future(api_pb2.ExecSyncRequest(
+        container_id=cid, cmd=["sh", "-c", SPAWNER], timeout=1), timeout=121)
+    poll(lambda: len(host_processes(*MARKS)) == 3, what="the spawned sleeps")
+    with pytest.raises(grpc.RpcError) as err:
+        call.result()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - begin >= 1.0
+    assert host_processes(*MARKS) == []
+    seen = exec_sync_rpc(cri, cid, ["ps", "-o", "args"], 30).stdout
+    assert not any(mark in seen for mark in MARKS), seen
+
+    # 0 is no timeout; exit codes stay exact; a negative timeout names the field.
+    assert exec_sync_rpc(cri, cid, ["sh", "-c", "sleep 1.1; exit 42"], 0).exit_code == 42
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync_rpc(cri, cid, ["true"], -1)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout" in err.value.details()
