@@ -21,7 +21,7 @@ from crishim.container.exec_cgroup import V1_HIERARCHY
 from crishim.container.manager import ContainerManager
 from crishim.errors import DeadlineExceeded
 from tests.container.criutil import Cri, cri, node_registry
-from tests.container.ctrutil import IMAGE, Env, Pod, make_pod, spec, wait_until
+from tests.container.ctrutil import IMAGE, Env, Pod, cgroup_dirs, make_pod, spec, wait_until
 from tests.harness import poll
 
 __all__ = ["cri", "node_registry"]  # fixtures the tests below use
@@ -119,17 +119,19 @@ async def test_exit_codes_stay_exact(env: Env, pod: Pod) -> None:
         assert (await mgr.exec_sync(cid, ["sh", "-c", script], 5)).exit_code == code, script
 
 
-async def test_background_process_of_a_finished_exec(env: Env, pod: Pod) -> None:
+async def test_background_process_of_a_finished_exec(env: Env, any_pod: Pod) -> None:
     """A command that leaves something running in the background returns at once (as in containerd);
-    what it left is ended with the container."""
-    mgr, cid = await running(env, pod)
+    what it left is ended with the container, and its cgroup goes with the container's."""
+    mgr, cid = await running(env, any_pod)
     begin = time.monotonic()
     result = await mgr.exec_sync(cid, ["sh", "-c", "sleep 432104 >/dev/null 2>&1 & echo left"], 10)
     assert (result.exit_code, result.stdout) == (0, b"left\n")
     assert time.monotonic() - begin < 5
     assert len(host_processes(b"sleep 432104")) == 1
+    assert len(exec_cgroups(any_pod, cid)) == 1
     await mgr.remove(cid)
     await wait_until(lambda: not host_processes(b"sleep 432104"), what="the background sleep to end")
+    assert cgroup_dirs(any_pod.sandbox.spec.cgroup_parent, cid) == []
 
 
 async def test_cancelled_exec_leaves_nothing(env: Env, pod: Pod) -> None:
