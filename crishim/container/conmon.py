@@ -169,8 +169,8 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
             await _kill_exec(cgroup, exec_pid)
             await pipe.message()  # conmon's report of the kill
             await proc.wait()
-            raise DeadlineExceeded(f"exec in {container_id}: command timed out after {kill_after:g}s; "
-                                   "it and every process it started were killed") from None
+            raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after:g}s exceeded; the "
+                                   "command and every process it started were killed") from None
         await proc.wait()
     finally:
         pipe.close()
