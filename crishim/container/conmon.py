@@ -167,15 +167,16 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
             finished = await _next_message_within(pipe, kill_after)
         except TimeoutError:
             await _kill_exec(cgroup, exec_pid)
-            await pipe.message()  # conmon's report of the kill
-            await proc.wait()
+            with contextlib.suppress(TimeoutError):  # it reports the kill and exits
+                await asyncio.wait_for(proc.wait(), KILL_WAIT)
             raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after:g}s exceeded; the "
                                    "command and every process it started were killed") from None
         await proc.wait()
     finally:
         pipe.close()
         if proc is not None and proc.returncode is None:
-            # Cancelled (the client gave up): nothing the exec started may outlive the call.
+            # Cancelled (the client gave up) or conmon is stuck: nothing the exec started may
+            # outlive the call.
             await _kill_exec(cgroup, exec_pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

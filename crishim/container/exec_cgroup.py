@@ -47,7 +47,7 @@ def create(cgroups_path: str, name: str, runtime: str) -> ExecCgroup | None:
     return ExecCgroup(path, arg)
 
 
-def pids(cgroup: ExecCgroup) -> list[int]:
+def _pids(cgroup: ExecCgroup) -> list[int]:
     """The live processes in it (a zombie has left its cgroup already)."""
     try:
         return [int(pid) for pid in (cgroup.path / "cgroup.procs").read_text().split()]
@@ -59,7 +59,7 @@ def kill_all(cgroup: ExecCgroup, within: float) -> bool:
     """SIGKILL everything in it until it is empty (a process that forked meanwhile put its child there,
     so repeat); False if something is still there after `within` seconds."""
     deadline = time.monotonic() + within
-    while found := pids(cgroup):
+    while found := _pids(cgroup):
         for pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -69,13 +69,8 @@ def kill_all(cgroup: ExecCgroup, within: float) -> bool:
     return True
 
 
-def remove(cgroup: ExecCgroup) -> bool:
+def remove(cgroup: ExecCgroup) -> None:
     """Remove it if it is empty; processes an exec left running in the background keep it (the
     runtime removes it with the container's cgroup)."""
-    try:
+    with contextlib.suppress(OSError):
         cgroup.path.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
