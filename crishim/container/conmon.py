@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crishim.container import exec_cgroup
 from crishim.container.oci import OCIRuntimeError, RuntimeHandler
 from crishim.errors import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+# How long SIGKILLed exec processes may take to leave their cgroup.
+KILL_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -131,14 +138,20 @@ async def create(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, 
 
 
 async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: str, exec_id: str,
-                    bundle: str, process_spec: str, log_path: str, kill_after: int,
+                    bundle: str, process_spec: str, log_path: str, cgroups_path: str, kill_after: float,
                     output_limit: int) -> ExecResult:
-    """Run one process in the container and wait for it; on timeout conmon kills its process group."""
+    """Run one process in the container and wait for it.
+
+    The timeout `kill_after` (0: none) is ours, not conmon's whole-second `-T`: it runs from the
+    moment the exec's pid is known, so a command is never ended before `kill_after` seconds since it
+    started. When it expires, or the caller gives up, everything the exec started is killed (see
+    exec_cgroup)."""
+    cgroup = await asyncio.to_thread(exec_cgroup.create, cgroups_path, exec_id, handler.name)
     argv = [*_common_args(conmon, handler, container_id, exec_id, exec_id, bundle,
                           f"{bundle}/pidfile", log_path),
             "-e", "--exec-process-spec", process_spec, "--sync"]
-    if kill_after > 0:
-        argv += ["-T", str(kill_after)]
+    if cgroup is not None:
+        argv.append(f"--runtime-opt=--cgroup={cgroup.runtime_arg}")
     pipe = _SyncPipe()
     proc: asyncio.subprocess.Process | None = None
     exec_pid = 0
@@ -150,33 +163,64 @@ async def exec_sync(conmon: Conmon, handler: RuntimeHandler, *, container_id: st
             detail = (started or {}).get("message") or "conmon exited without a reason"
             raise OCIRuntimeError(f"exec in {container_id}: {detail}")
         exec_pid = int(started["data"])
-        finished = await pipe.message()
+        try:
+            finished = await _next_message_within(pipe, kill_after)
+        except TimeoutError:
+            await _kill_exec(cgroup, exec_pid)
+            with contextlib.suppress(TimeoutError):  # it reports the kill and exits
+                await asyncio.wait_for(proc.wait(), KILL_WAIT)
+            raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after:g}s exceeded; the "
+                                   "command and every process it started were killed") from None
         await proc.wait()
     finally:
         pipe.close()
         if proc is not None and proc.returncode is None:
-            # Cancelled (the client gave up): the exec'd process must not outlive the call.
-            _kill_group(exec_pid)
+            # Cancelled (the client gave up) or conmon is stuck: nothing the exec started may
+            # outlive the call.
+            await _kill_exec(cgroup, exec_pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        if cgroup is not None:
+            await asyncio.to_thread(exec_cgroup.remove, cgroup)
     if finished is None:
         raise OCIRuntimeError(f"exec in {container_id}: conmon exited without an exit code")
     if finished.get("data", -1) < 0:
-        message = str(finished.get("message", ""))
-        if "timed out" in message:
-            raise DeadlineExceeded(f"exec in {container_id}: timeout {kill_after}s exceeded")
-        raise OCIRuntimeError(f"exec in {container_id}: {message or 'failed'}")
+        raise OCIRuntimeError(f"exec in {container_id}: {finished.get('message') or 'failed'}")
     stdout, stderr = await asyncio.to_thread(read_cri_log, log_path, output_limit)
     return ExecResult(int(finished["data"]), stdout, stderr)
 
 
-def _kill_group(pid: int) -> None:
-    if pid <= 0:
+async def _next_message_within(pipe: _SyncPipe, within: float) -> dict[str, Any] | None:
+    """The next message; TimeoutError once `within` seconds (0: never) have passed by the loop's
+    monotonic clock, and never earlier. A read cut short leaves the pipe's buffer intact."""
+    read = asyncio.ensure_future(pipe.message())
+    if within <= 0:
+        return await read
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    try:
+        while not read.done():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            await asyncio.wait({read}, timeout=left)
+    finally:
+        read.cancel()
+    return read.result()
+
+
+async def _kill_exec(cgroup: exec_cgroup.ExecCgroup | None, exec_pid: int) -> None:
+    if cgroup is not None:
+        if await asyncio.to_thread(exec_cgroup.kill_all, cgroup, KILL_WAIT):
+            return
+        log.warning("exec processes survived SIGKILL", extra={"cgroup": str(cgroup.path)})
+    if exec_pid <= 0:
         return
+    # No cgroup of its own (no usable hierarchy): its process group is what can be reached.
     for kill in (os.killpg, os.kill):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            kill(pid, signal.SIGKILL)
+            kill(exec_pid, signal.SIGKILL)
 
 
 def read_cri_log(path: str, limit: int) -> tuple[bytes, bytes]:

@@ -39,6 +39,7 @@ from crishim.container.ocispec import (
     build_spec,
     check_mounts,
     exec_process,
+    held_capabilities,
     infra_spec,
     linux_resources,
 )
@@ -134,6 +135,7 @@ class ContainerManager:
         self._installed = False
         self._hugetlb = True
         self.features: dict[str, HandlerFeatures] = {}
+        self._held_capabilities: list[str] | None = None
         # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
         self.on_change: Callable[[Container, str], None] | None = None
 
@@ -151,6 +153,7 @@ class ContainerManager:
             await asyncio.to_thread(self._dirs)
             self._hugetlb = await asyncio.to_thread(hugetlb_available)
             self.features = {name: await probe(h) for name, h in self.runtimes.items()}
+            self._held_capabilities = await asyncio.to_thread(_own_capabilities)
             self._installed = True
 
     def _dirs(self) -> None:
@@ -266,7 +269,7 @@ class ContainerManager:
             oom_score_adj_floor=await asyncio.to_thread(_own_oom_score_adj),
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
-            hugetlb=self._hugetlb,
+            hugetlb=self._hugetlb, held_capabilities=self._held_capabilities,
             recursive_read_only=self._rro(handler),
         )
         oci = build_spec(spec, sandbox, inputs)
@@ -455,8 +458,9 @@ class ContainerManager:
 
     # ---- exec, resources, logs -----------------------------------------------------------------
 
-    async def exec_sync(self, container_id: str, cmd: list[str], kill_after: int) -> ExecResult:
-        """Run `cmd` in the container; `kill_after` seconds (0: no limit) then kill it."""
+    async def exec_sync(self, container_id: str, cmd: list[str], kill_after: float) -> ExecResult:
+        """Run `cmd` in the container; after `kill_after` seconds (0: no limit) kill it and everything
+        it started, and raise DeadlineExceeded."""
         c = await self._running(container_id)
         if kill_after < 0:
             raise InvalidArgument("exec timeout must not be negative")
@@ -473,8 +477,8 @@ class ContainerManager:
             return await conmon_mod.exec_sync(
                 self.conmon, self.runtimes[c.runtime_handler], container_id=c.id,
                 exec_id=exec_id, bundle=str(work), process_spec=str(work / "process.json"),
-                log_path=str(work / "output.log"), kill_after=kill_after,
-                output_limit=self.exec_output_limit)
+                log_path=str(work / "output.log"), cgroups_path=config["linux"]["cgroupsPath"],
+                kill_after=kill_after, output_limit=self.exec_output_limit)
         finally:
             await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / exec_id)
 
@@ -621,6 +625,10 @@ def _cgroups_path(sandbox: Sandbox, container_id: str) -> str:
 
 def _own_oom_score_adj() -> int:
     return int(Path("/proc/self/oom_score_adj").read_text())
+
+
+def _own_capabilities() -> list[str]:
+    return held_capabilities(Path("/proc/self/status").read_text())
 
 
 def _read_exit(cdir: Path) -> tuple[int, int, bool] | None:

@@ -25,6 +25,7 @@ DEFAULT_CAPABILITIES = [
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]
+# Every capability name we know, in the kernel's bit order (CAP_CHOWN is bit 0).
 ALL_CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
@@ -63,6 +64,8 @@ class SpecInputs:
     # False where the host has no usable hugetlb controller: kubelet sends limits for every page
     # size, which the runtimes would refuse there.
     hugetlb: bool = True
+    # The capabilities crishim itself holds (held_capabilities); None: every known one.
+    held_capabilities: list[str] | None = None
     # PID whose PID namespace a TARGET container (the target's init) or a POD container (the pod's
     # infra process) joins.
     target_pid: int = 0
@@ -106,18 +109,45 @@ def _cap_name(name: str) -> str:
     return full
 
 
-def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
-    """containerd's order: ALL in add, then ALL in drop, then single adds, then single drops."""
+def held_capabilities(proc_status: str) -> list[str]:
+    """The capabilities a process can hand on, from its /proc/PID/status: in both its effective and
+    its bounding set, limited to the names we know. "All capabilities" means these (as in containerd
+    and CRI-O): a node whose bounding set lacks one (CAP_SYS_RESOURCE here) cannot grant it."""
+    masks: dict[str, int] = {}
+    for line in proc_status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("CapEff", "CapBnd"):
+            masks[key] = int(value.strip(), 16)
+    if len(masks) != 2:
+        raise ValueError("no CapEff/CapBnd lines in the process status")
+    held = masks["CapEff"] & masks["CapBnd"]
+    return [name for bit, name in enumerate(ALL_CAPABILITIES) if held >> bit & 1]
+
+
+def capabilities(add: list[str], drop: list[str], privileged: bool,
+                 held: list[str] | None = None) -> list[str]:
+    """containerd's order: ALL in add, then ALL in drop, then single adds, then single drops.
+
+    `held` is what the runtime process holds (default: every known capability): privileged and
+    ALL grant exactly these, the defaults are cut down to them, and a single add beyond them fails.
+    """
+    available = ALL_CAPABILITIES if held is None else [c for c in ALL_CAPABILITIES if c in held]
     if privileged:
-        return list(ALL_CAPABILITIES)
-    caps = list(DEFAULT_CAPABILITIES)
+        return list(available)
+    caps = [c for c in DEFAULT_CAPABILITIES if c in available]
     if any(c.upper() == "ALL" for c in add):
-        caps = list(ALL_CAPABILITIES)
+        caps = list(available)
     if any(c.upper() == "ALL" for c in drop):
         caps = []
     for name in add:
-        if name.upper() != "ALL" and _cap_name(name) not in caps:
-            caps.append(_cap_name(name))
+        if name.upper() == "ALL":
+            continue
+        full = _cap_name(name)
+        if full not in available:
+            raise FailedPrecondition(f"capability {full} cannot be added: the runtime does not hold "
+                                     "it (not in the node's bounding set)")
+        if full not in caps:
+            caps.append(full)
     dropped = {_cap_name(n) for n in drop if n.upper() != "ALL"}
     return [c for c in caps if c not in dropped]
 
@@ -275,7 +305,8 @@ def seccomp_section(spec: ContainerSpec, caps: list[str],
 def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dict[str, Any]:
     sec = spec.security
     image_config = inputs.image_config
-    caps = capabilities(sec.add_capabilities, sec.drop_capabilities, sec.privileged)
+    caps = capabilities(sec.add_capabilities, sec.drop_capabilities, sec.privileged,
+                        inputs.held_capabilities)
     namespace_list = namespaces(spec, sandbox, inputs.target_pid)
     has_uts = any(ns["type"] == "uts" for ns in namespace_list)
     hostname = sandbox.hostname if has_uts else ""
