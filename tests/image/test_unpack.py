@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -248,3 +249,18 @@ def test_generated_entry_names_never_change_anything_outside(
         with contextlib.suppress(LayerError):
             unpack(base, with_victim(members, base / "store/outside/victim"), dest=dest)
         assert snapshot(base / "store", dest) == before
+
+
+def test_zstd_layer_of_several_frames(tmp_path: Path) -> None:
+    """zstd:chunked and other seekable zstd layers are many frames back to back: all are read."""
+    tar = make_tar([entry("a/", tarfile.DIRTYPE, 0o755), (entry("a/one"), b"1" * 5000),
+                    (entry("a/two"), b"2" * 5000)])
+    half = len(tar) // 2
+    compressor = zstandard.ZstdCompressor()
+    blob = tmp_path / digest_of(tar)[7:]
+    blob.write_bytes(compressor.compress(tar[:half]) + compressor.compress(tar[half:]))
+    unpack_layer(blob, tmp_path / "layer", digest_of(tar))
+    assert (tmp_path / "layer/a/two").read_bytes() == b"2" * 5000
+    blob.write_bytes(compressor.compress(tar)[:-8])
+    with pytest.raises(LayerError, match="not a valid tar"):
+        unpack_layer(blob, tmp_path / "again", digest_of(tar))
