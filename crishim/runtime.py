@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from crishim.image import ImageManager
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.manager import SandboxManager
 from crishim.stats import StatsCollector
-from crishim.store import Syncer
+from crishim.store import Syncer, restrict
 from crishim.streaming.server import StreamingServer
 from crishim.telemetry import MetricsServer, observe_recovery, track_states
 
@@ -57,12 +58,15 @@ class Runtime:
 
     async def start(self) -> None:
         """Recover state left by an earlier process before the socket accepts calls."""
+        state_dir, run_dir = Path(self.config.state_dir), Path(self.config.run_dir)
+        await asyncio.to_thread(restrict, state_dir, run_dir)
         self.syncer.start()
         with observe_recovery():
             await self.images.start()
             await self.network.start()
             await self.containers.recover()
             await self.sandboxes.recover()
+        await asyncio.to_thread(restrict, state_dir, run_dir)
         await self.streaming.start()
         await self.metrics.start()
 

@@ -316,7 +316,7 @@ def unpack_layer(blob: Path, dest: Path, diff_id: str) -> DiskUsage:
     """Unpack `blob` (a store blob, named by its sha256 hex) into the new directory `dest`; checks the
     uncompressed digest against `diff_id`. Errors name the layer and the entry."""
     layer = f"sha256:{blob.name}"
-    dest.mkdir(mode=0o700)
+    dest.mkdir(mode=0o755)  # a read-only stack's root is its top layer's: `layers/` keeps others out
     root = os.open(dest, _DIR_FLAGS)
     try:
         with open(blob, "rb") as raw:
