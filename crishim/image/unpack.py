@@ -150,21 +150,18 @@ class _Extractor:
             os.close(self._cached[1])
             self._cached = None
 
-    def _clear(self, parent: Sequence[str], fd: int, name: str, keep_dir: bool = False) -> None:
-        """Remove `name` from the directory `fd` (a directory with all it holds, never through a link)."""
+    @staticmethod
+    def _clear(fd: int, name: str, keep_dir: bool = False) -> None:
+        """Remove `name` from the directory `fd` (a directory with all it holds, never through a link).
+        `fd` is always the cached parent, so the cache never holds a directory removed here."""
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=fd)
-            return
-        if keep_dir:
-            return
-        removed = (*parent, name)
-        if self._cached is not None and self._cached[0][:len(removed)] == removed:
-            self.close()
-        shutil.rmtree(name, dir_fd=fd)
+        elif not keep_dir:
+            shutil.rmtree(name, dir_fd=fd)
 
     def _attrs(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
         """Owner, xattrs, mode and time of `name` in the directory `fd` (`name` "" is `fd` itself)."""
@@ -213,7 +210,7 @@ class _Extractor:
         target = base[len(WHITEOUT_PREFIX):]
         if target in ("", ".", ".."):
             raise LayerError(f"entry {entry!r} is a whiteout of {target!r}, which names no file")
-        self._clear(parts[:-1], fd, target)
+        self._clear(fd, target)
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
 
     def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -238,14 +235,14 @@ class _Extractor:
             self.whiteout(parts, member.name)
             return
         fd = self._parent(parts, member.name)
-        parent, name = parts[:-1], parts[-1]
+        name = parts[-1]
         if member.isdir():
-            self._clear(parent, fd, name, keep_dir=True)
+            self._clear(fd, name, keep_dir=True)
             with contextlib.suppress(FileExistsError):  # listed twice, or made for an entry inside it
                 os.mkdir(name, 0o700, dir_fd=fd)
             self.dir_times.append((tuple(parts), member))
         elif member.isreg():
-            self._clear(parent, fd, name)
+            self._clear(fd, name)
             out_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              0o600, dir_fd=fd)
             with os.fdopen(out_fd, "wb") as out:
@@ -253,23 +250,23 @@ class _Extractor:
                 if source is not None:
                     shutil.copyfileobj(source, out, _CHUNK)
         elif member.islnk():
-            self._hard_link(parent, fd, name, member)
+            self._hard_link(fd, name, member)
             return  # a hard link shares the target's inode and so its attributes
         elif member.issym():
             if not member.linkname or "\x00" in member.linkname:
                 raise LayerError(f"entry {member.name!r} is a symlink to {member.linkname!r}, which "
                                  "symlink(2) cannot make")
-            self._clear(parent, fd, name)
+            self._clear(fd, name)
             os.symlink(member.linkname, name, dir_fd=fd)
         elif member.ischr() or member.isblk() or member.isfifo():
-            self._clear(parent, fd, name)
+            self._clear(fd, name)
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
             os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=fd)
         else:
             raise LayerError(f"entry {member.name!r} has an unsupported type {member.type!r}")
         self._attrs(fd, name, member)
 
-    def _hard_link(self, parent: list[str], fd: int, name: str, member: tarfile.TarInfo) -> None:
+    def _hard_link(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
         target = components(member.linkname, member.name)
         if not target:
             raise LayerError(f"entry {member.name!r} is a hard link to the layer root")
@@ -286,7 +283,9 @@ class _Extractor:
                 raise missing from None
             if stat.S_ISDIR(st.st_mode):
                 raise LayerError(f"entry {member.name!r} is a hard link to a directory")
-            self._clear(parent, fd, name)
+            if target[-1] == name and os.path.samestat(os.fstat(target_fd), os.fstat(fd)):
+                return  # a link to itself changes nothing
+            self._clear(fd, name)
             os.link(target[-1], name, src_dir_fd=target_fd, dst_dir_fd=fd, follow_symlinks=False)
         finally:
             os.close(target_fd)

@@ -209,6 +209,7 @@ ALLOWED: dict[str, list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]] = {
     "opaque-marker-as-dir": [entry("sub/.wh..wh..opq/", tarfile.DIRTYPE)],
     "hardlink-to-symlink-out": [LINK_OUT, entry("hard", tarfile.LNKTYPE, linkname="lnk")],
     "aufs-metadata": [entry(".wh..wh.plnk/", tarfile.DIRTYPE), entry(".wh..wh.aufs")],
+    "hardlink-to-itself": [(entry("f"), b"x"), entry("./f", tarfile.LNKTYPE, linkname="f")],
 }
 
 
