@@ -164,28 +164,32 @@ class _Extractor:
             shutil.rmtree(name, dir_fd=fd)
 
     def _attrs(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
-        """Owner, xattrs, mode and time of `name` in the directory `fd` (`name` "" is `fd` itself)."""
+        """Owner, xattrs, mode and time of `name` in the directory `fd`: through an fd of the entry itself
+        (a symlink's through `fd`, never followed)."""
         if member.issym():
             os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
             self._xattrs(f"/proc/self/fd/{fd}/{name}", member, follow=False)
             os.utime(name, (member.mtime, member.mtime), dir_fd=fd, follow_symlinks=False)
             return
-        # An O_PATH fd pins the inode without opening it (a device node, a fifo); its /proc link
-        # reaches exactly that inode.
-        target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd) if name \
-            else os.dup(fd)
+        # A directory is opened; a device node or fifo must not be, so an O_PATH fd pins its inode and
+        # its /proc link reaches exactly that inode.
+        own = os.open(name, _DIR_FLAGS if member.isdir() else os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=fd)
         try:
-            path = f"/proc/self/fd/{target}"
-            os.chown(path, member.uid, member.gid)  # first: chown clears setuid bits and capabilities
-            self._xattrs(path, member, follow=True)
-            os.chmod(path, member.mode & 0o7777)
-            if not member.isdir():
-                os.utime(path, (member.mtime, member.mtime))
+            self._set_attrs(own if member.isdir() else f"/proc/self/fd/{own}", member)
         finally:
-            os.close(target)
+            os.close(own)
+
+    def _set_attrs(self, target: int | str, member: tarfile.TarInfo) -> None:
+        """`target` an fd opened for real, or a /proc/self/fd path: either reaches one inode."""
+        os.chown(target, member.uid, member.gid)  # first: chown clears setuid bits and capabilities
+        self._xattrs(target, member, follow=True)
+        os.chmod(target, member.mode & 0o7777)
+        if not member.isdir():  # a directory's time is set last, in finish()
+            os.utime(target, (member.mtime, member.mtime))
 
     @staticmethod
-    def _xattrs(path: str, member: tarfile.TarInfo, follow: bool) -> None:
+    def _xattrs(path: int | str, member: tarfile.TarInfo, follow: bool) -> None:
         for key, value in member.pax_headers.items():
             if not key.startswith(_XATTR_PAX_PREFIX):
                 continue
@@ -227,7 +231,7 @@ class _Extractor:
         if not parts:
             if member.isdir():
                 self.dir_times.append(((), member))
-                self._attrs(self.root, "", member)
+                self._set_attrs(self.root, member)
             return
         if any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
             raise LayerError(f"entry {member.name!r} lies below a whiteout name")
@@ -242,13 +246,19 @@ class _Extractor:
                 os.mkdir(name, 0o700, dir_fd=fd)
             self.dir_times.append((tuple(parts), member))
         elif member.isreg():
-            self._clear(fd, name)
-            out_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600, dir_fd=fd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                out_fd = os.open(name, flags, 0o600, dir_fd=fd)
+            except FileExistsError:  # an earlier entry's: replaced (rare, so not checked first)
+                self._clear(fd, name)
+                out_fd = os.open(name, flags, 0o600, dir_fd=fd)
             with os.fdopen(out_fd, "wb") as out:
                 source = tar.extractfile(member)
                 if source is not None:
                     shutil.copyfileobj(source, out, _CHUNK)
+                out.flush()
+                self._set_attrs(out_fd, member)
+            return
         elif member.islnk():
             self._hard_link(fd, name, member)
             return  # a hard link shares the target's inode and so its attributes
