@@ -123,7 +123,8 @@ class Rootfs:
                 except OSError as exc:
                     if index == 0 and exc.errno == errno.EINVAL:
                         raise _NoLowerdirPlus from exc
-                    raise self._failed(f"{key} {value}", exc, fs_fd) from exc
+                    shown = self.lower_dirs[index] if index < len(lower) else value
+                    raise self._failed(f"{key} {shown}", exc, fs_fd) from exc
             try:
                 _syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_CMD_CREATE, None, None, 0)
                 mnt_fd = _syscall(_SYS_FSMOUNT, fs_fd, _FSMOUNT_CLOEXEC, 0)
