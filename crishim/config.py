@@ -7,6 +7,7 @@ typo or a wrong type is reported with the key's full dotted name instead of bein
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -88,6 +89,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# System directories a state_dir or run_dir must not be: crishim chmods its own to 0700 / 0711.
+_SHARED_DIRS = {"/", "/run", "/var/run", "/var", "/var/lib", "/tmp", "/var/tmp", "/etc", "/usr", "/home",
+                "/root", "/opt", "/srv", "/mnt"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _LOG_FORMATS = {"text", "json"}
 
@@ -135,6 +139,12 @@ def _validate(cfg: Config) -> None:
     for key in ("socket", "state_dir", "run_dir", "netns_dir"):
         if not Path(getattr(cfg, key)).is_absolute():
             raise ConfigError(f"{key}: must be an absolute path, got {getattr(cfg, key)!r}")
+    for key in ("state_dir", "run_dir"):
+        if os.path.normpath(getattr(cfg, key)) in _SHARED_DIRS:
+            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is shared with the rest of the system, and "
+                              "crishim makes its dirs root-only: give it one of its own")
+    if os.path.normpath(cfg.state_dir) == os.path.normpath(cfg.run_dir):
+        raise ConfigError("run_dir: must differ from state_dir (one is 0711, the other 0700)")
     if not cfg.cni.bin_dirs:
         raise ConfigError("cni.bin_dirs: must name at least one directory")
     if cfg.cni.plugin_timeout <= 0:

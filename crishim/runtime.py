@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from crishim.image import ImageManager
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.manager import SandboxManager
 from crishim.stats import StatsCollector
-from crishim.store import Syncer
+from crishim.store import RUN_DIR, Syncer, private_dir
 from crishim.streaming.server import StreamingServer
 from crishim.telemetry import MetricsServer, observe_recovery, track_states
 
@@ -58,14 +59,23 @@ class Runtime:
 
     async def start(self) -> None:
         """Recover state left by an earlier process before the socket accepts calls."""
+        await asyncio.to_thread(self._private_dirs)
         self.syncer.start()
         with observe_recovery():
             await self.images.start()
             await self.network.start()
             await self.containers.recover()
             await self.sandboxes.recover()
+        await asyncio.to_thread(private_dir, self.sandboxes.pod_root)  # its tmpfs brings its own mode
         await self.streaming.start()
         await self.metrics.start()
+
+    def _private_dirs(self) -> None:
+        """Root-only state (see crishim.store.private), set before anything is written there."""
+        private_dir(Path(self.config.state_dir))
+        private_dir(Path(self.config.run_dir), RUN_DIR)
+        for path in (self.containers.run_dir, self.sandboxes.pod_root):
+            private_dir(path)
 
     async def close(self) -> None:
         """Stop background work; pods and containers keep running."""

@@ -41,6 +41,9 @@ def test_version_and_help() -> None:
     ('[images]\npull_progress_timeout = 0', "images.pull_progress_timeout"),
     ('[images]\npull_progress_timeout = "5m"', "images.pull_progress_timeout"),
     ('socket = "relative.sock"', "socket"),
+    ('state_dir = "/var/lib/"', "state_dir"),
+    ('run_dir = "/run"', "run_dir"),
+    ('state_dir = "/srv/crishim"\nrun_dir = "/srv/crishim/"', "run_dir"),
     ('this is not toml', "not valid TOML"),
 ])
 def test_invalid_config_names_the_key(tmp_path: Path, content: str, key: str) -> None:

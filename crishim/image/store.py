@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.errors import InvalidArgument
-from crishim.store import write_bytes_atomic
+from crishim.store import private_dir, write_bytes_atomic
 
 INDEX_VERSION = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -53,7 +53,10 @@ class Store:
         self.empty_layer = self.layers / "empty"
 
     def setup(self) -> None:
-        for path in (self.blobs, self.ingest, self.layers, self.rootfs, self.empty_layer):
+        # Root-only: layers keep their setuid binaries and device nodes (see crishim.store.private).
+        private_dir(self.root)
+        private_dir(self.layers)
+        for path in (self.blobs, self.ingest, self.rootfs, self.empty_layer):
             path.mkdir(parents=True, exist_ok=True)
         for leftover in self.ingest.iterdir():
             leftover.unlink()

@@ -1,17 +1,22 @@
 """Extract one layer tarball into its own directory, in the form overlayfs stacks.
 
 Our own walk instead of `tarfile.extractall`: the stdlib `data` filter refuses what real images carry
-(absolute symlinks, device nodes), and the others are unsafe. Rules: no entry may land outside the
-directory (`..` components and paths through symlinks are refused, hard links must point inside the same
-layer), OCI whiteouts become overlay whiteouts (`.wh.x` → a 0/0 character device, `.wh..wh..opq` → the
-`trusted.overlay.opaque` xattr), owners, modes, times, xattrs and device nodes are kept as the layer says.
-Each layer is unpacked alone: overlayfs, not the extraction, merges it with the layers below.
-Runs in a worker thread (blocking I/O); the uncompressed stream is hashed on the way to check the
-config's `diff_id`.
+(absolute symlinks, device nodes), and the others are unsafe. A layer is hostile input, so every file
+operation is confined to the layer's directory by construction, not by checking paths first: each entry's
+parent is reached from an fd of the layer root one validated component at a time (`O_NOFOLLOW |
+O_DIRECTORY`, so a symlink or a file on the way fails the open), and the entry itself is created,
+replaced or removed relative to that parent fd by a single name that is never empty, `.`, `..` or holds a
+`/`. Hard links must point to an earlier entry of the same layer, reached the same way. OCI whiteouts
+become overlay whiteouts (`.wh.x` → a 0/0 character device, `.wh..wh..opq` → the
+`trusted.overlay.opaque` xattr); owners, modes, times, xattrs and device nodes are kept as the layer says
+(the store's directories are root-only, so a setuid file in a layer serves no local user). Each layer is
+unpacked alone: overlayfs, not the extraction, merges it with the layers below. Runs in a worker thread
+(blocking I/O); the uncompressed stream is hashed on the way to check the config's `diff_id`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -20,9 +25,12 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import zstandard
 
 from crishim.errors import InvalidArgument
 
@@ -33,6 +41,11 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# What a layer's own content can make a file operation fail with (a name too long, a file where a
+# directory must be, too many links); anything else (ENOSPC, EIO) is the host's problem, not the layer's.
+_CONTENT_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                   errno.ENOTEMPTY, errno.EMLINK, errno.EXDEV, errno.EINVAL}
 
 
 class LayerError(InvalidArgument):
@@ -64,60 +77,119 @@ class _HashingReader:
 
 
 def _open_uncompressed(raw: IO[bytes]) -> IO[bytes]:
+    """The tar stream inside `raw`, by its magic: gzip, zstd (all frames, as zstd:chunked has many) or
+    plain tar."""
     magic = raw.read(4)
     raw.seek(0)
     if magic.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if magic == _ZSTD_MAGIC:
-        raise LayerError("zstd-compressed layers are not supported; push the image with gzip layers")
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
     return raw
+
+
+def components(name: str, entry: str = "") -> list[str]:
+    """The path's components below the layer root; refuses a NUL and any `..`."""
+    if "\x00" in name:
+        raise LayerError(f"entry {entry or name!r} has a NUL byte in {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerError(f"entry {entry or name!r} has a '..' component in {name!r}: "
+                         "refusing to unpack the layer")
+    return parts
 
 
 def clean_name(name: str) -> str:
     """The entry's path relative to the layer root; refuses anything that climbs out of it."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise LayerError(f"layer entry {name!r} has a '..' component: refusing to unpack the layer")
-    return "/".join(parts)
+    return "/".join(components(name))
 
 
 class _Extractor:
-    def __init__(self, dest: Path) -> None:
-        self.dest = str(dest)
-        self.dir_times: list[tuple[str, tarfile.TarInfo]] = []
+    """Entries applied below `root` (an fd of the layer directory) through directory fds only."""
 
-    def _path(self, rel: str) -> str:
-        return f"{self.dest}/{rel}" if rel else self.dest
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.dir_times: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+        # The parent of the last entry stays open: tar streams list a directory's files together.
+        self._cached: tuple[tuple[str, ...], int] | None = None
 
-    def _parent(self, rel: str, entry: str, create: bool = True) -> None:
-        """Make sure the parents of `rel` are real directories, never passing through a symlink."""
-        current = self.dest
-        for part in rel.split("/")[:-1]:
-            current = f"{current}/{part}"
-            try:
-                st = os.lstat(current)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(current, 0o755)
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                raise LayerError(f"layer entry {entry!r} goes through {part!r}, which is not a directory")
-
-    def _clear(self, path: str, keep_dir: bool = False) -> None:
+    def _open_dir(self, parts: Sequence[str], entry: str, create: bool) -> int:
+        """A new fd for the directory `parts`, walked from the root without following symlinks."""
+        fd = os.dup(self.root)
         try:
-            st = os.lstat(path)
+            for part in parts:
+                try:
+                    step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise LayerError(f"entry {entry!r} goes through {part!r}, which is not a "
+                                     "directory") from None
+                os.close(fd)
+                fd = step
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _parent(self, parts: Sequence[str], entry: str) -> int:
+        """The (cached, borrowed) fd of the entry's parent directory, created where missing."""
+        key = tuple(parts[:-1])
+        if self._cached is None or self._cached[0] != key:
+            self.close()
+            self._cached = (key, self._open_dir(key, entry, create=True))
+        return self._cached[1]
+
+    def close(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    @staticmethod
+    def _clear(fd: int, name: str, keep_dir: bool = False) -> None:
+        """Remove `name` from the directory `fd` (a directory with all it holds, never through a link).
+        `fd` is always the cached parent, so the cache never holds a directory removed here."""
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=fd)
+        elif not keep_dir:
+            shutil.rmtree(name, dir_fd=fd)
 
-    def _attrs(self, path: str, member: tarfile.TarInfo) -> None:
-        os.lchown(path, member.uid, member.gid)
+    def _attrs(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
+        """Owner, xattrs, mode and time of `name` in the directory `fd`: through an fd of the entry itself
+        (a symlink's through `fd`, never followed)."""
+        if member.issym():
+            os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
+            self._xattrs(f"/proc/self/fd/{fd}/{name}", member, follow=False)
+            os.utime(name, (member.mtime, member.mtime), dir_fd=fd, follow_symlinks=False)
+            return
+        # A directory is opened; a device node or fifo must not be, so an O_PATH fd pins its inode and
+        # its /proc link reaches exactly that inode.
+        own = os.open(name, _DIR_FLAGS if member.isdir() else os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=fd)
+        try:
+            self._set_attrs(own if member.isdir() else f"/proc/self/fd/{own}", member)
+        finally:
+            os.close(own)
+
+    def _set_attrs(self, target: int | str, member: tarfile.TarInfo) -> None:
+        """`target` an fd opened for real, or a /proc/self/fd path: either reaches one inode."""
+        os.chown(target, member.uid, member.gid)  # first: chown clears setuid bits and capabilities
+        self._xattrs(target, member, follow=True)
+        os.chmod(target, member.mode & 0o7777)
+        if not member.isdir():  # a directory's time is set last, in finish()
+            os.utime(target, (member.mtime, member.mtime))
+
+    @staticmethod
+    def _xattrs(path: int | str, member: tarfile.TarInfo, follow: bool) -> None:
         for key, value in member.pax_headers.items():
             if not key.startswith(_XATTR_PAX_PREFIX):
                 continue
@@ -126,102 +198,155 @@ class _Extractor:
                 continue  # only our whiteout handling may mark overlay metadata
             try:
                 os.setxattr(path, name, value.encode("utf-8", "surrogateescape"),
-                            follow_symlinks=False)
+                            follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
-        if not member.issym():
-            os.chmod(path, member.mode & 0o7777)
-            if not member.isdir():
-                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-        else:
-            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
-    def whiteout(self, rel: str, name: str) -> None:
-        base = rel.rsplit("/", 1)[-1]
-        parent = rel[: -len(base)].rstrip("/")
-        self._parent(rel, name)
+    def whiteout(self, parts: list[str], entry: str) -> None:
+        fd = self._parent(parts, entry)
+        base = parts[-1]
         if base == OPAQUE_MARKER:
-            os.setxattr(self._path(parent), OVERLAY_OPAQUE_XATTR, b"y")
+            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return  # aufs bookkeeping entries (.wh..wh.plnk and friends) mean nothing to overlay
-        target = f"{parent}/{base[len(WHITEOUT_PREFIX):]}" if parent else base[len(WHITEOUT_PREFIX):]
-        path = self._path(target)
-        self._clear(path)
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        target = base[len(WHITEOUT_PREFIX):]
+        if target in ("", ".", ".."):
+            raise LayerError(f"entry {entry!r} is a whiteout of {target!r}, which names no file")
+        self._clear(fd, target)
+        os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
 
     def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        rel = clean_name(member.name)
-        if rel.rsplit("/", 1)[-1].startswith(WHITEOUT_PREFIX):
-            self.whiteout(rel, member.name)
-            return
-        if not rel:
+        try:
+            self._entry(tar, member)
+        except OSError as exc:
+            if exc.errno not in _CONTENT_ERRNOS:
+                raise
+            raise LayerError(f"entry {member.name!r} cannot be unpacked: "
+                             f"{os.strerror(exc.errno)}") from exc
+
+    def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = components(member.name)
+        if not parts:
             if member.isdir():
-                self.dir_times.append((self.dest, member))
-                self._attrs(self.dest, member)
+                self.dir_times.append(((), member))
+                self._set_attrs(self.root, member)
             return
-        self._parent(rel, member.name)
-        path = self._path(rel)
+        if any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
+            raise LayerError(f"entry {member.name!r} lies below a whiteout name")
+        if parts[-1].startswith(WHITEOUT_PREFIX):
+            self.whiteout(parts, member.name)
+            return
+        fd = self._parent(parts, member.name)
+        name = parts[-1]
         if member.isdir():
-            self._clear(path, keep_dir=True)
-            if not os.path.isdir(path):
-                os.mkdir(path, 0o700)
-            self.dir_times.append((path, member))
+            self._clear(fd, name, keep_dir=True)
+            with contextlib.suppress(FileExistsError):  # listed twice, or made for an entry inside it
+                os.mkdir(name, 0o700, dir_fd=fd)
+            self.dir_times.append((tuple(parts), member))
         elif member.isreg():
-            self._clear(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                out_fd = os.open(name, flags, 0o600, dir_fd=fd)
+            except FileExistsError:  # an earlier entry's: replaced (rare, so not checked first)
+                self._clear(fd, name)
+                out_fd = os.open(name, flags, 0o600, dir_fd=fd)
+            with os.fdopen(out_fd, "wb") as out:
                 source = tar.extractfile(member)
                 if source is not None:
                     shutil.copyfileobj(source, out, _CHUNK)
+                out.flush()
+                self._set_attrs(out_fd, member)
+            return
         elif member.islnk():
-            target = clean_name(member.linkname)
-            target_path = self._path(target)
-            try:
-                self._parent(target, member.linkname, create=False)
-                st = os.lstat(target_path)
-            except FileNotFoundError as exc:
-                raise LayerError(f"hard link {member.name!r} points to {member.linkname!r}, which is "
-                                 "not earlier in the same layer") from exc
-            if not target or stat.S_ISDIR(st.st_mode):
-                raise LayerError(f"hard link {member.name!r} points to a directory")
-            self._clear(path)
-            os.link(target_path, path, follow_symlinks=False)
+            self._hard_link(fd, name, member)
             return  # a hard link shares the target's inode and so its attributes
         elif member.issym():
-            self._clear(path)
-            os.symlink(member.linkname, path)
+            if not member.linkname or "\x00" in member.linkname:
+                raise LayerError(f"entry {member.name!r} is a symlink to {member.linkname!r}, which "
+                                 "symlink(2) cannot make")
+            self._clear(fd, name)
+            os.symlink(member.linkname, name, dir_fd=fd)
         elif member.ischr() or member.isblk() or member.isfifo():
-            self._clear(path)
+            self._clear(fd, name)
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
-            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=fd)
         else:
-            raise LayerError(f"layer entry {member.name!r} has an unsupported type {member.type!r}")
-        self._attrs(path, member)
+            raise LayerError(f"entry {member.name!r} has an unsupported type {member.type!r}")
+        self._attrs(fd, name, member)
+
+    def _hard_link(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
+        target = components(member.linkname, member.name)
+        if not target:
+            raise LayerError(f"entry {member.name!r} is a hard link to the layer root")
+        missing = LayerError(f"entry {member.name!r} is a hard link to {member.linkname!r}, which is not "
+                             "earlier in the same layer")
+        try:
+            target_fd = self._open_dir(target[:-1], member.name, create=False)
+        except FileNotFoundError:
+            raise missing from None
+        try:
+            try:
+                st = os.stat(target[-1], dir_fd=target_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise missing from None
+            if stat.S_ISDIR(st.st_mode):
+                raise LayerError(f"entry {member.name!r} is a hard link to a directory")
+            if target[-1] == name and os.path.samestat(os.fstat(target_fd), os.fstat(fd)):
+                return  # a link to itself changes nothing
+            self._clear(fd, name)
+            os.link(target[-1], name, src_dir_fd=target_fd, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(target_fd)
 
     def finish(self) -> None:
         """Directory times last: writing into a directory moves its mtime."""
-        for path, member in reversed(self.dir_times):
-            os.utime(path, (member.mtime, member.mtime))
+        self.close()
+        for parts, member in reversed(self.dir_times):
+            times = (member.mtime, member.mtime)
+            if not parts:
+                os.utime(self.root, times)
+                continue
+            try:
+                fd = self._open_dir(parts[:-1], "", create=False)
+            except (FileNotFoundError, LayerError):
+                continue  # removed or replaced by a later entry
+            try:
+                if stat.S_ISDIR(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.utime(parts[-1], times, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def unpack_layer(blob: Path, dest: Path, diff_id: str) -> DiskUsage:
-    """Unpack `blob` into the new directory `dest`; checks the uncompressed digest against `diff_id`."""
-    dest.mkdir(mode=0o755)
-    with open(blob, "rb") as raw:
-        reader = _HashingReader(_open_uncompressed(raw))
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                extractor = _Extractor(dest)
-                for member in tar:
-                    extractor.entry(tar, member)
-                extractor.finish()
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise LayerError(f"layer {blob.name} is not a valid tar archive: {exc}") from exc
-        actual = reader.drain()
+    """Unpack `blob` (a store blob, named by its sha256 hex) into the new directory `dest`; checks the
+    uncompressed digest against `diff_id`. Errors name the layer and the entry."""
+    layer = f"sha256:{blob.name}"
+    dest.mkdir(mode=0o755)  # a read-only stack's root is its top layer's: `layers/` keeps others out
+    root = os.open(dest, _DIR_FLAGS)
+    try:
+        with open(blob, "rb") as raw:
+            reader = _HashingReader(_open_uncompressed(raw))
+            extractor = _Extractor(root)
+            try:
+                with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        extractor.entry(tar, member)
+                    extractor.finish()
+            except LayerError as exc:
+                raise LayerError(f"layer {layer}: {exc}") from exc
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+                raise LayerError(f"layer {layer} is not a valid tar archive: {exc}") from exc
+            finally:
+                extractor.close()
+            actual = reader.drain()
+    finally:
+        os.close(root)
     if actual != diff_id:
-        raise LayerError(f"layer {blob.name}: uncompressed content is {actual}, but the image config "
+        raise LayerError(f"layer {layer}: uncompressed content is {actual}, but the image config "
                          f"says {diff_id}")
     return disk_usage(dest)
 

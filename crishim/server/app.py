@@ -48,7 +48,9 @@ def claim_socket(path: Path) -> IO[bytes]:
     (even by SIGKILL), so a dead server's socket can be replaced while a live one is never taken over.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path.with_name(path.name + ".lock"), "wb")  # noqa: SIM115 - held for the process lifetime
+    lock = open(path.with_name(path.name + ".lock"), "wb",  # noqa: SIM115 - held for the process lifetime
+                opener=lambda name, flags: os.open(name, flags, 0o600))
+    os.fchmod(lock.fileno(), 0o600)  # made 0644 by an older crishim
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

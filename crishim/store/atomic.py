@@ -1,4 +1,7 @@
-"""Atomic file writes: a crash leaves either the old content or the new one, never a torn or empty file."""
+"""Atomic file writes: a crash leaves either the old content or the new one, never a torn or empty file.
+
+Files are made 0600: records hold pod configs and annotations, readable by root only (see `private`).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True, sync_di
     survive a power cut, and `sync_dir` the directory fsync that makes the rename itself survive one."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             out.write(data)
             if durable:
                 out.flush()

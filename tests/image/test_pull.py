@@ -15,9 +15,9 @@ import pytest
 
 from crishim.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from crishim.image import ImageManager, RegistryAuth
-from tests.harness import REPO
+from tests.harness import REPO, run
 from tests.image.proxy import registry_proxy
-from tests.image_fixtures import Registry, TestImages
+from tests.image_fixtures import LayerBlob, Registry, TestImages, entry, make_tar
 
 pytestmark = pytest.mark.root
 
@@ -211,6 +211,26 @@ async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
     assert manager.list() == [] and stored(manager) == ([], [])
     assert not (manager.store.layers / "escaped").exists()
     assert not (manager.store.root / "escaped").exists()
+
+
+async def test_whiteout_of_dotdot_leaves_the_store_and_earlier_images(
+        tmp_path: Path, manager: ImageManager, test_images: TestImages) -> None:
+    """`.wh...` once named `<store>/layers/.tmp-X/..`, i.e. `layers/` itself, for deletion."""
+    earlier = await manager.pull(test_images.busybox.ref)
+    evil_layer = LayerBlob.from_tar(make_tar([entry(".wh...")]))
+    evil = test_images.registry.push_image("evil-whiteout", ["1"], [test_images.base_layer, evil_layer])
+    layers_before = stored(manager)[1]
+    with pytest.raises(InvalidArgument) as caught:
+        await manager.pull(evil.ref)
+    assert evil_layer.digest in str(caught.value) and "'.wh...'" in str(caught.value)
+    assert stored(manager)[1] == layers_before and manager.list() == [earlier]
+    rootfs = await manager.prepare_rootfs(earlier.id, "c1", tmp_path / "c1")
+    try:
+        await rootfs.mount()
+        assert run(["chroot", str(rootfs.merged), "/bin/cat", "/etc/hostname"]).stdout == "busybox\n"
+    finally:
+        await rootfs.unmount()
+        await manager.release_rootfs("c1")
 
 
 async def test_basic_auth_with_htpasswd(manager: ImageManager, auth_registry: Registry) -> None:

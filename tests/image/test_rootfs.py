@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from crishim.errors import FailedPrecondition
 from crishim.image import ImageManager
+from crishim.image.rootfs import MAX_MOUNT_OPTIONS
+from crishim.image.rootfs import _short_names as short_names
 from tests.harness import run
+from tests.image.built import push_deep_image
 from tests.image_fixtures import TestImages
 
 pytestmark = pytest.mark.root
@@ -60,3 +64,47 @@ async def test_prepared_rootfs_survives_restart(tmp_path: Path, manager: ImageMa
         assert not rootfs.upper_dir.exists()
     finally:
         await again.close()
+
+
+async def test_hundred_layer_stack_mounts_beyond_one_page(tmp_path: Path, manager: ImageManager,
+                                                          test_images: TestImages) -> None:
+    """~40 store paths fill mount(2)'s page; the fs-context mount takes each layer on its own."""
+    record = await manager.pull(push_deep_image(test_images, 100).ref)
+    rootfs = await manager.prepare_rootfs(record.id, "deep", tmp_path / "deep")
+    assert len(rootfs.options()) > MAX_MOUNT_OPTIONS
+    with pytest.raises(FailedPrecondition, match=r"exceed one page .*lowerdir\+"), \
+            short_names(rootfs.lower_dirs) as lower:
+        rootfs._mount_options(lower)  # what a kernel without lowerdir+ would answer
+    try:
+        await rootfs.mount()
+        out = run(["chroot", str(rootfs.merged), "/bin/cat", "/etc/hostname", "/top",
+                   "/deep/which", "/deep/1"]).stdout
+        assert out == "busybox\ntop layer\n" + "99" + "1"  # `which` from the top layer, `1` from the 2nd
+        assert len(os.listdir(rootfs.merged / "deep")) == 100  # 99 layers' files and `which`
+    finally:
+        await rootfs.unmount()
+        await manager.release_rootfs("deep")
+
+
+async def test_short_stack_through_mount2(tmp_path: Path, manager: ImageManager,
+                                          test_images: TestImages) -> None:
+    """The fallback for kernels without lowerdir+ still mounts what fits in a page."""
+    record = await manager.pull(test_images.multilayer.ref)
+    rootfs = await manager.prepare_rootfs(record.id, "short", tmp_path / "short")
+    try:
+        with short_names(rootfs.lower_dirs) as lower:
+            rootfs._mount_options(lower)
+        assert sorted(os.listdir(rootfs.merged / "data/dir")) == ["new"]
+    finally:
+        await rootfs.unmount()
+        await manager.release_rootfs("short")
+
+
+async def test_stack_beyond_the_overlay_limit_is_a_clear_error(tmp_path: Path, manager: ImageManager,
+                                                               test_images: TestImages) -> None:
+    record = await manager.pull(push_deep_image(test_images, 501).ref)
+    rootfs = await manager.prepare_rootfs(record.id, "too-deep", tmp_path / "too-deep")
+    with pytest.raises(FailedPrecondition, match=r"501 layers.*limit is 500"):
+        await rootfs.mount()
+    assert rootfs.merged.stat().st_dev == rootfs.upper_dir.parent.stat().st_dev  # not mounted
+    await manager.release_rootfs("too-deep")
