@@ -32,6 +32,7 @@ from crishim.container.ocispec import (
     linux_resources,
 )
 from crishim.container.users import read_user_files, resolve_user
+from crishim.container.validate import validate_container
 from crishim.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -175,8 +176,7 @@ class ContainerManager:
     # ---- create / start ------------------------------------------------------------------------
 
     async def create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike) -> Container:
-        if not spec.name:
-            raise InvalidArgument("container metadata.name is required")
+        validate_container(spec, sandbox.spec.log_directory)
         handler_name = sandbox.spec.runtime_handler or self.default_handler
         handler = self.runtimes.get(handler_name)
         if handler is None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from crishim.errors import InvalidArgument
+
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -113,12 +115,14 @@ def _bring_up_loopback() -> None:
 
 
 def _write_sysctls(sysctls: Mapping[str, str]) -> None:
+    """The kernel refusing a value (EINVAL, ERANGE) or a name (ENOENT) is the request's fault."""
     for key, value in sysctls.items():
         path = Path("/proc/sys") / key.replace(".", "/")
         try:
             path.write_text(value)
         except OSError as exc:
-            raise OSError(exc.errno, f"sysctl {key}={value}: {exc.strerror}") from exc
+            raise InvalidArgument(
+                f"config.linux.sysctls[{key!r}]: the kernel refused {value!r}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)
@@ -162,10 +166,17 @@ def pin(namespaces: PodNamespaces, hostname: str) -> None:
 
 
 def _release(paths: list[str]) -> None:
+    """Every path is tried, whatever happened to the others; the first failure is raised at the end."""
+    failures: list[OSError] = []
     for path in paths:
-        unmount(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        try:
+            unmount(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        except OSError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:

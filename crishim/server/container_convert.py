@@ -17,6 +17,7 @@ from crishim.container.model import (
 )
 from crishim.errors import InvalidArgument
 from crishim.sandbox.model import NamespaceMode
+from crishim.server.request_check import reject_nul
 
 STATES = {
     ContainerState.CREATED: api_pb2.CONTAINER_CREATED,
@@ -104,6 +105,7 @@ def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
 
 
 def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
+    reject_nul(config, "config")
     if not config.metadata.name:
         raise InvalidArgument("container config: metadata.name is required")
     if not config.image.image:

@@ -5,6 +5,7 @@ from typing import Any
 from crishim.api.runtime.v1 import api_pb2
 from crishim.errors import InvalidArgument
 from crishim.server.base import ServicerBase
+from crishim.server.request_check import reject_nul
 from crishim.server.sandbox_convert import spec_from_request
 
 
@@ -14,6 +15,7 @@ class SandboxRunMixin(ServicerBase):
     ) -> api_pb2.RunPodSandboxResponse:
         if not request.HasField("config") or not request.config.HasField("metadata"):
             raise InvalidArgument("config.metadata is required (name, namespace, uid)")
+        reject_nul(request, "")
         try:
             spec, blob = spec_from_request(request)
         except ValueError as exc:
