@@ -25,10 +25,20 @@ VALUE_MAX_BYTES = 4096
 # them (MAX_ARG_STRLEN is 128 KiB, "NAME=value" included).
 ARGV_MAX_BYTES = 1024 * 1024
 ARG_MAX_BYTES = 128 * 1024 - 1
+# How much of a refused value an error message quotes.
+SHOWN_MAX_CHARS = 80
 
 # Characters that would change the meaning of a name wherever it lands: CNI_ARGS separators (';', '='),
 # path separators, and white space (fields of resolv.conf, hosts, conmon's log lines).
 _NAME_FORBIDDEN = frozenset(";=/")
+
+
+def shown(value: str) -> str:
+    """A value for an error message: a status's details must fit in gRPC's 16 KiB of metadata, and a
+    name a megabyte long is told by its start and length."""
+    if len(value) <= SHOWN_MAX_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_MAX_CHARS]!r}… ({size(value)} bytes)"
 
 
 def size(value: str) -> int:
@@ -47,7 +57,7 @@ def check_name(field: str, value: str) -> None:
     check_size(field, value, NAME_MAX_BYTES)
     if value in (".", "..") or any(c in _NAME_FORBIDDEN or c.isspace() or _is_control(c) for c in value):
         raise InvalidArgument(
-            f"{field} {value!r} must not be '.' or '..' nor contain ';', '=', '/', white space or "
+            f"{field} {shown(value)} must not be '.' or '..' nor contain ';', '=', '/', white space or "
             "control characters")
 
 
@@ -55,25 +65,25 @@ def check_absolute_path(field: str, value: str) -> None:
     """A path on the node: absolute, without '..' (it must mean what it says)."""
     check_size(field, value, PATH_MAX_BYTES)
     if not value.startswith("/"):
-        raise InvalidArgument(f"{field} {value!r} must be an absolute path")
+        raise InvalidArgument(f"{field} {shown(value)} must be an absolute path")
     if ".." in value.split("/"):
-        raise InvalidArgument(f"{field} {value!r} must not contain '..'")
+        raise InvalidArgument(f"{field} {shown(value)} must not contain '..'")
 
 
 def check_relative_path(field: str, value: str) -> None:
     """A path below some directory: relative, and it stays below it."""
     check_size(field, value, PATH_MAX_BYTES)
     if value.startswith("/"):
-        raise InvalidArgument(f"{field} {value!r} must be a relative path")
+        raise InvalidArgument(f"{field} {shown(value)} must be a relative path")
     if ".." in value.split("/") or posixpath.normpath(value) in (".", ""):
-        raise InvalidArgument(f"{field} {value!r} must name a file below its directory, without '..'")
+        raise InvalidArgument(f"{field} {shown(value)} must name a file below its directory, without '..'")
 
 
 def check_token(field: str, value: str) -> None:
     """A value written into a line of a text file as one word: no white space or control characters."""
     check_size(field, value, VALUE_MAX_BYTES)
     if not value or any(c.isspace() or _is_control(c) for c in value):
-        raise InvalidArgument(f"{field} {value!r} must be non-empty, without white space or control "
+        raise InvalidArgument(f"{field} {shown(value)} must be non-empty, without white space or control "
                               "characters")
 
 
@@ -81,7 +91,7 @@ def check_line(field: str, value: str) -> None:
     """A value written to a file as one line: no line breaks or other control characters."""
     check_size(field, value, VALUE_MAX_BYTES)
     if any(_is_control(c) or c in "\u2028\u2029" for c in value):
-        raise InvalidArgument(f"{field} {value!r} must be one line, without control characters")
+        raise InvalidArgument(f"{field} {shown(value)} must be one line, without control characters")
 
 
 def _is_control(c: str) -> bool:

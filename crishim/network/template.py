@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from crishim.errors import InvalidArgument
+from crishim.limits import shown
 from crishim.store import write_bytes_atomic
 
 RENDERED_NAME = "10-crishim-net.conflist"
@@ -27,7 +28,7 @@ def parse_pod_cidrs(pod_cidrs: str) -> list[ipaddress.IPv4Network | ipaddress.IP
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError as exc:
             raise InvalidArgument(
-                f"runtime_config.network_config.pod_cidr {cidr!r} is not a CIDR: {exc}") from None
+                f"runtime_config.network_config.pod_cidr {shown(cidr)} is not a CIDR: {exc}") from None
     return networks
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from crishim.errors import InvalidArgument
+from crishim.limits import shown
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
@@ -121,8 +122,8 @@ def _write_sysctls(sysctls: Mapping[str, str]) -> None:
         try:
             path.write_text(value)
         except OSError as exc:
-            raise InvalidArgument(
-                f"config.linux.sysctls[{key!r}]: the kernel refused {value!r}: {exc.strerror}") from exc
+            raise InvalidArgument(f"config.linux.sysctls[{shown(key)}]: the kernel refused "
+                                  f"{shown(value)}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import re
 
 from crishim import limits
 from crishim.errors import InvalidArgument
+from crishim.limits import shown
 from crishim.sandbox.model import SandboxSpec
 
 _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$")
@@ -29,10 +30,10 @@ _NET_SYSCTL_PREFIX = "net."
 def validate_spec(spec: SandboxSpec, known_handlers: set[str]) -> None:
     validate_metadata(spec)
     if spec.hostname and not _HOSTNAME.fullmatch(spec.hostname):
-        raise InvalidArgument(f"config.hostname {spec.hostname!r} is not a valid host name")
+        raise InvalidArgument(f"config.hostname {shown(spec.hostname)} is not a valid host name")
     if spec.runtime_handler and spec.runtime_handler not in known_handlers:
         raise InvalidArgument(
-            f"runtime_handler {spec.runtime_handler!r} is not configured "
+            f"runtime_handler {shown(spec.runtime_handler)} is not configured "
             f"(known: {', '.join(sorted(known_handlers))})")
     if spec.log_directory:
         limits.check_absolute_path("config.log_directory", spec.log_directory)
@@ -59,10 +60,10 @@ def _validate_dns(spec: SandboxSpec) -> None:
             ipaddress.ip_address(server)
         except ValueError:
             raise InvalidArgument(
-                f"config.dns_config.servers[{i}] {server!r} is not an IP address") from None
+                f"config.dns_config.servers[{i}] {shown(server)} is not an IP address") from None
     for i, search in enumerate(spec.dns.searches):
         if not _DOMAIN.fullmatch(search):
-            raise InvalidArgument(f"config.dns_config.searches[{i}] {search!r} is not a domain name")
+            raise InvalidArgument(f"config.dns_config.searches[{i}] {shown(search)} is not a domain name")
     for i, option in enumerate(spec.dns.options):
         limits.check_token(f"config.dns_config.options[{i}]", option)
 
@@ -71,7 +72,7 @@ def _validate_port_mappings(spec: SandboxSpec) -> None:
     for i, mapping in enumerate(spec.port_mappings):
         field = f"config.port_mappings[{i}]"
         if mapping.protocol not in ("tcp", "udp", "sctp"):
-            raise InvalidArgument(f"{field}.protocol {mapping.protocol!r} is not TCP, UDP or SCTP")
+            raise InvalidArgument(f"{field}.protocol {shown(mapping.protocol)} is not TCP, UDP or SCTP")
         if not 0 <= mapping.host_port <= 65535 or not 0 < mapping.container_port <= 65535:
             raise InvalidArgument(
                 f"{field}: port {mapping.host_port}->{mapping.container_port} is out of range")
@@ -80,14 +81,14 @@ def _validate_port_mappings(spec: SandboxSpec) -> None:
                 ipaddress.ip_address(mapping.host_ip)
             except ValueError:
                 raise InvalidArgument(
-                    f"{field}.host_ip {mapping.host_ip!r} is not an IP address") from None
+                    f"{field}.host_ip {shown(mapping.host_ip)} is not an IP address") from None
 
 
 def _validate_sysctls(spec: SandboxSpec) -> None:
     for key, value in spec.sysctls.items():
-        field = f"config.linux.sysctls[{key!r}]"
+        field = f"config.linux.sysctls[{shown(key)}]"
         if not _SYSCTL_NAME.match(key):
-            raise InvalidArgument(f"{field}: {key!r} is not a sysctl name")
+            raise InvalidArgument(f"{field}: {shown(key)} is not a sysctl name")
         if key.startswith(_NET_SYSCTL_PREFIX):
             own = not spec.host_network
         elif key in _IPC_SYSCTLS or key.startswith(_IPC_SYSCTL_PREFIX):

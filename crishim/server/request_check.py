@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from crishim.errors import InvalidArgument
+from crishim.limits import shown
 
 
 def reject_nul(message: Message, path: str) -> None:
@@ -22,7 +24,7 @@ def reject_nul(message: Message, path: str) -> None:
         if entry_type is not None and entry_type.GetOptions().map_entry:
             value_field = entry_type.fields_by_name["value"]
             for key, item in value.items():
-                entry = f"{name}[{key!r}]"
+                entry = f"{name}[{shown(key)}]"
                 _check(entry + " (key)", key)
                 _check_value(value_field, item, entry)
         elif field.is_repeated:
@@ -37,6 +39,14 @@ def _check_value(field: FieldDescriptor, value: Any, name: str) -> None:
         _check(name, value)
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         reject_nul(value, name)
+
+
+def enum_name(enum: EnumTypeWrapper, value: int, field: str) -> str:
+    """The name of an enum value; proto3 enums are open, so a client may send any number."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        raise InvalidArgument(f"{field} {value} is not one of {', '.join(enum.keys())}") from None
 
 
 def _check(name: str, value: Any) -> None:

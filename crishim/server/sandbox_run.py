@@ -16,9 +16,6 @@ class SandboxRunMixin(ServicerBase):
         if not request.HasField("config") or not request.config.HasField("metadata"):
             raise InvalidArgument("config.metadata is required (name, namespace, uid)")
         reject_nul(request, "")
-        try:
-            spec, blob = spec_from_request(request)
-        except ValueError as exc:
-            raise InvalidArgument(f"config.linux.security_context.namespace_options: {exc}") from exc
+        spec, blob = spec_from_request(request)
         sandbox_id = await self.runtime.sandboxes.run(spec, blob)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
