@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -46,6 +47,9 @@ from crishim.store import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 RECORD = "container.json"
+# How runc (`exec: "x": executable file not found`, `exec: "/x": permission denied`) and crun
+# (`executable file `x` not found`) report a process they cannot exec.
+_EXEC_FAILURE = re.compile(r'exec: \\?"|executable file `.*` not found')
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 KILL_WAIT = 30.0
 REOPEN_WAIT = 5.0
@@ -242,10 +246,18 @@ class ContainerManager:
         await asyncio.to_thread(write_json_atomic, Path(c.dir) / "config.json", oci)
         self._containers[c.id] = c
         await self._save(c)
-        c.pid, c.conmon_pid = await conmon_mod.create(
-            self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
-            log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
-            stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
+        try:
+            c.pid, c.conmon_pid = await conmon_mod.create(
+                self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
+                log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
+                stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
+        except OCIRuntimeError as exc:
+            if _EXEC_FAILURE.search(str(exc)):
+                # The runtime looks the command up inside the container (after its mounts), so only
+                # it can tell; the command not being there is the request's, not crishim's, failure.
+                raise FailedPrecondition(f"container {c.spec.name!r}: the command cannot be run in "
+                                         f"the container: {exc}") from exc
+            raise
         await self._save(c)
         self._watch(c)
 
