@@ -427,6 +427,10 @@ class SandboxManager:
             await asyncio.sleep(REAPER_INTERVAL)
 
     async def close(self) -> None:
+        """Let Runs, Stops and Removes under way finish (a DEL cut short leaks rules for good); what is
+        still running after the shutdown grace is left to the next start, as after a crash."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=self.config.shutdown_grace)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

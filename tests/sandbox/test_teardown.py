@@ -103,6 +103,26 @@ def test_kill9_during_del_is_finished_after_restart(node: TestNode,
     assert node_leftovers(node, server) == before
 
 
+def test_shutdown_waits_for_an_abandoned_teardown(node: TestNode,
+                                                  masq: tuple[CrishimServer, FakePlugin]) -> None:
+    """The client gave up, then crishim is asked to stop: the DEL it was running still ends."""
+    server, fake = masq
+    before = node_leftovers(node, server)
+    sandbox_id = run_pod(server, pod_config("abandoned"))
+    fake.flag("del-slow")
+    with pytest.raises(grpc.RpcError) as err:
+        server.runtime().StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id),
+                                        timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server.stop() == 0
+    left = node_leftovers(node, server)
+    assert left["iptables"] == [] and left["leases"] == [] and left["veths"] == []
+    fake.flag("del-slow", on=False)
+    server.start()
+    stop_and_remove(server, sandbox_id)
+    assert node_leftovers(node, server) == before
+
+
 def _rewrite_record(server: CrishimServer, sandbox_id: str, change: Callable[[dict[str, Any]], None]) -> None:
     path = server.state_dir / "sandboxes.log"
     record = json.loads(replay(path.read_bytes())[0][sandbox_id])["record"]
