@@ -34,8 +34,8 @@ _NAME_FORBIDDEN = frozenset(";=/")
 
 
 def shown(value: str) -> str:
-    """A value for an error message: a status's details must fit in gRPC's 16 KiB of metadata, and a
-    name a megabyte long is told by its start and length."""
+    """A value for an error message, which travels in gRPC metadata: a name a megabyte long is told by
+    its start and its length."""
     if len(value) <= SHOWN_MAX_CHARS:
         return repr(value)
     return f"{value[:SHOWN_MAX_CHARS]!r}… ({size(value)} bytes)"

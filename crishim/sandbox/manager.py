@@ -43,6 +43,7 @@ from crishim.sandbox.model import PluginTiming, Sandbox, SandboxSpec, SandboxSta
 from crishim.sandbox.namespaces import (
     PodNamespaces,
     apply_sysctls,
+    each,
     is_pinned,
     mount,
     mounts_below,
@@ -281,17 +282,8 @@ class SandboxManager:
 
     def _release_local(self, sandbox: Sandbox) -> None:
         """Namespaces and /dev/shm, each tried whatever happened to the other; idempotent."""
-        failures: list[OSError] = []
-        for step in (functools.partial(release, self.namespaces(sandbox)),
-                     functools.partial(release_pod_files, sandbox)):
-            try:
-                step()
-            except OSError as exc:
-                log.warning("releasing part of a pod failed", extra={"sandbox": sandbox.id,
-                                                                      "error": str(exc)})
-                failures.append(exc)
-        if failures:
-            raise failures[0]
+        each((functools.partial(release, self.namespaces(sandbox)),
+              functools.partial(release_pod_files, sandbox)))
 
     async def stop(self, sandbox_id: str) -> None:
         """Idempotent: an unknown or stopped pod succeeds; a failed DEL is returned and retried later.

@@ -12,12 +12,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import re
 import socket
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -166,18 +167,27 @@ def pin(namespaces: PodNamespaces, hostname: str) -> None:
         raise
 
 
-def _release(paths: list[str]) -> None:
-    """Every path is tried, whatever happened to the others; the first failure is raised at the end."""
+def each(steps: Iterable[Callable[[], None]]) -> None:
+    """Run every step whatever happened to the others (teardown must get as far as it can); the first
+    failure is raised at the end."""
     failures: list[OSError] = []
-    for path in paths:
+    for step in steps:
         try:
-            unmount(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            step()
         except OSError as exc:
             failures.append(exc)
     if failures:
         raise failures[0]
+
+
+def _release(paths: list[str]) -> None:
+    each(functools.partial(_release_one, path) for path in paths)
+
+
+def _release_one(path: str) -> None:
+    unmount(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:
