@@ -79,7 +79,7 @@ async def _spawn(argv: list[str], cwd: str, pipe: _SyncPipe, start_fd: int | Non
                  ) -> asyncio.subprocess.Process:
     # GLib converts conmon's arguments from the locale's charset: under C, a container name or log
     # path with any non-ASCII character makes conmon exit before it says a word.
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C.UTF-8",
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_CTYPE": "C.UTF-8",
            "_OCI_SYNCPIPE": str(pipe.write_fd)}
     fds = [pipe.write_fd]
     if start_fd is not None:
