@@ -55,26 +55,34 @@ def test_client_deadline_does_not_interrupt_stop(node: TestNode, server: Crishim
     assert expired > 5  # the test did exercise abandoned Stops
 
 
-def test_concurrent_stops_share_one_teardown(node: TestNode, server: CrishimServer) -> None:
-    before = node_leftovers(node, server)
-    sandbox_id = run_pod(server, pod_config("crowded"))
-    rt = server.runtime()
-    calls = [rt.StopPodSandbox.future(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-             for _ in range(6)]
-    for call in calls:
-        call.result()
-    dels = [t["plugin"] for t in info(server, sandbox_id)["timeline"] if t["verb"] == "DEL"]
-    assert dels == ["portmap", "bridge", "loopback"]
-    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
-    assert node_leftovers(node, server) == before
-
-
 @pytest.fixture
 def masq(tmp_path: Path, server_factory: Callable[..., CrishimServer]) -> tuple[CrishimServer, FakePlugin]:
     fake = FakePlugin(tmp_path / "fakebin")
     server = server_factory(network=False, **{"cni.bin_dirs": [str(fake.dir), CNI_BIN_DIR]})
     server.use_network(MASQ_CHAIN)
     return server, fake
+
+
+def test_concurrent_stops_share_one_teardown(node: TestNode,
+                                             masq: tuple[CrishimServer, FakePlugin]) -> None:
+    """One Stop gives up during a slow DEL, five more arrive: all of them wait for that one DEL."""
+    server, fake = masq
+    before = node_leftovers(node, server)
+    sandbox_id = run_pod(server, pod_config("crowded"))
+    fake.flag("del-slow")
+    rt = server.runtime()
+    request = api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id)
+    impatient = rt.StopPodSandbox.future(request, timeout=0.2)
+    poll(lambda: "DEL" in " ".join(fake.calls()), what="the DEL to start")
+    patient = [rt.StopPodSandbox.future(request) for _ in range(5)]
+    with pytest.raises(grpc.RpcError):
+        impatient.result()
+    for call in patient:
+        call.result()
+    dels = [(t["plugin"], t["error"]) for t in info(server, sandbox_id)["timeline"] if t["verb"] == "DEL"]
+    assert dels == [("fake", ""), ("bridge", "")]
+    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert node_leftovers(node, server) == before
 
 
 def test_kill9_during_del_is_finished_after_restart(node: TestNode,
