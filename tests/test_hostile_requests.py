@@ -433,13 +433,15 @@ def test_generated_create_container(live: Live) -> None:
 
 
 def test_generated_pull_status_stop_remove(live: Live) -> None:
-    """Image, status and teardown RPCs with odd references and ids, while no pod exists."""
+    """Image, status, runtime config and teardown RPCs with odd references and ids, while no pod
+    exists."""
     baseline = live.leftovers()
     rt, images = live.server.runtime(), live.server.images()
     ids = st.one_of(texts(), st.just("f" * 64))
 
     @settings(EXAMPLES, max_examples=40)
-    @given(ref=st.one_of(texts(), st.just("127.0.0.1:1/nothing:1"), st.just(IMAGE)), some_id=ids,
+    @given(ref=st.one_of(texts(), st.just("127.0.0.1:1/nothing:1"), st.just(IMAGE), st.just("10.0.0.0/8")),
+           some_id=ids,
            timeout=int64, user=texts(), verbose=st.booleans())
     def example(ref: str, some_id: str, timeout: int, user: str, verbose: bool) -> None:
         if ref != IMAGE:  # the imported image stays for the container tests
@@ -449,6 +451,8 @@ def test_generated_pull_status_stop_remove(live: Live) -> None:
         expect_client_error(lambda: images.ImageStatus(api_pb2.ImageStatusRequest(
             image=api_pb2.ImageSpec(image=ref), verbose=verbose)))
         rt.Status(api_pb2.StatusRequest(verbose=verbose))
+        expect_client_error(lambda: rt.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest(
+            runtime_config=api_pb2.RuntimeConfig(network_config=api_pb2.NetworkConfig(pod_cidr=ref)))))
         expect_client_error(lambda: rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
             pod_sandbox_id=some_id, verbose=verbose)))
         expect_client_error(lambda: rt.ContainerStatus(api_pb2.ContainerStatusRequest(
