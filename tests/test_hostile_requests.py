@@ -203,6 +203,8 @@ def container_config(**fields: Any) -> api_pb2.ContainerConfig:
     (lambda c: setattr(c.linux.resources, "cpu_shares", 1), "config.linux.resources.cpu_shares"),
     (lambda c: setattr(c.linux.resources, "oom_score_adj", 5000), "config.linux.resources.oom_score_adj"),
     (lambda c: c.command.__setitem__(slice(None), [""]), "the command to run is an empty string"),
+    (lambda c: c.mounts.add(container_path="//.", host_path="/tmp"), "config.mounts[0].container_path"),
+    (lambda c: c.mounts.add(container_path="/m/../..", host_path="/tmp"), "config.mounts[0].container_path"),
 ])
 def test_container_request_is_refused_naming_the_field(
         live: Live, pod: tuple[str, api_pb2.PodSandboxConfig], change: Callable[[Any], None],
@@ -216,14 +218,22 @@ def test_container_request_is_refused_naming_the_field(
     assert not any(root.rglob("escape.log"))
 
 
-def test_command_missing_from_the_image_is_a_failed_precondition(
-        live: Live, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda c, _: c.command.__setitem__(slice(None), ["/no/such/binary"]), "/no/such/binary"),
+    (lambda c, _: c.command.__setitem__(slice(None), ["no-such-command"]), "no-such-command"),
+    (lambda c, volume: c.mounts.add(container_path="/bin/sh", host_path=volume), "/bin/sh"),
+    (lambda c, volume: c.mounts.add(container_path="/proc", host_path=volume), "/proc"),
+])
+def test_request_that_does_not_fit_the_image_is_a_failed_precondition(
+        live: Live, pod: tuple[str, api_pb2.PodSandboxConfig], tmp_path: Path,
+        change: Callable[[Any, str], None], words: str) -> None:
+    """Only the runtime can tell (it looks inside the container, after the mounts); not crishim's fault."""
     config = container_config()
-    config.command[:] = ["/no/such/binary"]
+    change(config, str(tmp_path))
     with pytest.raises(grpc.RpcError) as err:
         create(live, pod, config)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
-    assert "/no/such/binary" in (err.value.details() or "")
+    assert words in (err.value.details() or "")
     assert live.server.runtime().ListContainers(api_pb2.ListContainersRequest()).containers == []
 
 
@@ -332,7 +342,8 @@ def container_configs(draw: st.DrawFn, volume: Path) -> api_pb2.ContainerConfig:
                               st.text(alphabet=st.characters(exclude_characters="/"), max_size=8).map(
                                   lambda name: f"{volume}/{name}"),
                               st.sampled_from(["", "relative", "a\0b"])))
-        config.mounts.add(container_path=draw(st.one_of(st.just("/mnt"), texts())), host_path=host,
+        config.mounts.add(container_path=draw(st.one_of(st.sampled_from(["/mnt", "/", "/proc", "/bin/sh"]),
+                                                        texts())), host_path=host,
                           readonly=draw(st.booleans()), propagation=draw(enums))
     config.labels.update(draw(maps()))
     config.annotations.update(draw(maps()))

@@ -47,9 +47,11 @@ from crishim.store import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 RECORD = "container.json"
-# How runc (`exec: "x": executable file not found`, `exec: "/x": permission denied`) and crun
-# (`executable file `x` not found`) report a process they cannot exec.
-_EXEC_FAILURE = re.compile(r'exec: \\?"|executable file `.*` not found')
+# What runc and crun say when the request does not fit the container: its command is not there
+# (`exec: "x": executable file not found`, crun's `executable file `x` not found`), a directory is
+# mounted where the image has a file, a destination runc refuses (inside /proc).
+_MISFIT = re.compile(r'exec: \\?"|executable file `.*` not found|error mounting .*: not a directory'
+                     r'|cannot be mounted because|error reopening /dev/null')
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 KILL_WAIT = 30.0
 REOPEN_WAIT = 5.0
@@ -252,11 +254,11 @@ class ContainerManager:
                 log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
                 stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
         except OCIRuntimeError as exc:
-            if _EXEC_FAILURE.search(str(exc)):
-                # The runtime looks the command up inside the container (after its mounts), so only
-                # it can tell; the command not being there is the request's, not crishim's, failure.
-                raise FailedPrecondition(f"container {c.spec.name!r}: the command cannot be run in "
-                                         f"the container: {exc}") from exc
+            if _MISFIT.search(str(exc)):
+                # Only the runtime can tell (it looks inside the container, after the mounts); the
+                # failure is the request's, not crishim's.
+                raise FailedPrecondition(f"container {c.spec.name!r} cannot be set up as requested: "
+                                         f"{exc}") from exc
             raise
         await self._save(c)
         self._watch(c)

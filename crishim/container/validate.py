@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -30,9 +31,12 @@ def validate_container(spec: ContainerSpec, log_directory: str) -> None:
         limits.check_size("config.working_dir", spec.working_dir, limits.PATH_MAX_BYTES)
         if not spec.working_dir.startswith("/"):
             raise InvalidArgument(f"config.working_dir {shown(spec.working_dir)} must be an absolute path")
-    for i, mount in enumerate(spec.mounts):  # their shape is checked with the OCI spec
-        limits.check_size(f"config.mounts[{i}].container_path", mount.container_path, limits.PATH_MAX_BYTES)
-        limits.check_size(f"config.mounts[{i}].host_path", mount.host_path, limits.PATH_MAX_BYTES)
+    for i, mount in enumerate(spec.mounts):  # the rest of their shape is checked with the OCI spec
+        field = f"config.mounts[{i}]"
+        limits.check_size(f"{field}.host_path", mount.host_path, limits.PATH_MAX_BYTES)
+        limits.check_absolute_path(f"{field}.container_path", mount.container_path)
+        if not posixpath.normpath(mount.container_path).strip("/"):  # "/", "//." …
+            raise InvalidArgument(f"{field}.container_path: nothing may be mounted over the container's root")
     _validate_process(spec)
 
 
