@@ -261,7 +261,7 @@ def test_log_path_stays_in_the_log_directory(live: Live, pod: tuple[str, api_pb2
 SPECIAL = ["", ".", "..", "../../x", "/", "/tmp", "a\0b", "\0", "x\ny", " ", "\t", "a;b", "k=v", "ünïcödé",
            "日本語", "\u2028", "-", "default", "1.2.3.4", "::1", "10.0.0.0/24", "a/../../b", "%s%n",
            "{{.PodCIDR}}", "net.ipv4.ip_forward", "ndots:5"]
-EXAMPLES = settings(max_examples=50, deadline=None, database=None,
+EXAMPLES = settings(max_examples=50, deadline=None, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
