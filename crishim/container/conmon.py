@@ -84,7 +84,9 @@ def _common_args(conmon: Conmon, handler: RuntimeHandler, container_id: str, uui
 
 async def _spawn(argv: list[str], cwd: str, pipe: _SyncPipe, start_fd: int | None
                  ) -> asyncio.subprocess.Process:
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    # GLib converts conmon's arguments from the locale's charset: under C, a container name or log
+    # path with any non-ASCII character makes conmon exit before it says a word.
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_CTYPE": "C.UTF-8",
            "_OCI_SYNCPIPE": str(pipe.write_fd)}
     fds = [pipe.write_fd]
     if start_fd is not None:

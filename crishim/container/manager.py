@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -44,6 +45,7 @@ from crishim.container.ocispec import (
     linux_resources,
 )
 from crishim.container.users import read_user_files, resolve_user
+from crishim.container.validate import validate_container
 from crishim.errors import (
     AlreadyExists,
     CrishimError,
@@ -58,6 +60,11 @@ from crishim.store import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 RECORD = "container.json"
+# What runc and crun say when the request does not fit the container: its command is not there
+# (`exec: "x": executable file not found`, crun's `executable file `x` not found`), a directory is
+# mounted where the image has a file, a destination runc refuses (inside /proc).
+_MISFIT = re.compile(r'exec: \\?"|executable file `.*` not found|error mounting .*: not a directory'
+                     r'|cannot be mounted because|error reopening /dev/null')
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 # What kubelet looks for in CreateContainer's error (k8s.io/cri-api errors.ErrImageVolumeMountFailed).
 IMAGE_VOLUME_MOUNT_FAILED = "ImageVolumeMountFailed"
@@ -204,8 +211,7 @@ class ContainerManager:
     # ---- create / start ------------------------------------------------------------------------
 
     async def create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike) -> Container:
-        if not spec.name:
-            raise InvalidArgument("container metadata.name is required")
+        validate_container(spec, sandbox.spec.log_directory)
         handler_name = sandbox.spec.runtime_handler or self.default_handler
         handler = self.runtimes.get(handler_name)
         if handler is None:
@@ -295,10 +301,18 @@ class ContainerManager:
         await asyncio.to_thread(write_json_atomic, Path(c.dir) / "config.json", oci)
         self._containers[c.id] = c
         await self._save(c)
-        c.pid, c.conmon_pid = await conmon_mod.create(
-            self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
-            log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
-            stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
+        try:
+            c.pid, c.conmon_pid = await conmon_mod.create(
+                self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
+                log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
+                stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
+        except OCIRuntimeError as exc:
+            if _MISFIT.search(str(exc)):
+                # Only the runtime can tell (it looks inside the container, after the mounts); the
+                # failure is the request's, not crishim's.
+                raise FailedPrecondition(f"container {c.spec.name!r} cannot be set up as requested: "
+                                         f"{exc}") from exc
+            raise
         await self._save(c)
         self._watch(c)
 

@@ -82,6 +82,8 @@ def process_args(spec: ContainerSpec, image_config: dict[str, Any]) -> list[str]
     if not argv:
         raise InvalidArgument(f"container {spec.name!r}: no command given and the image has no "
                               "Entrypoint or Cmd")
+    if not argv[0]:
+        raise InvalidArgument(f"container {spec.name!r}: the command to run is an empty string")
     return argv
 
 

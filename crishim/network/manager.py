@@ -183,6 +183,8 @@ class NetworkManager:
 
     async def set_pod_cidr(self, pod_cidrs: str) -> None:
         """Render the configured template for kubelet's pod CIDR, unless a network already works."""
+        if pod_cidrs:
+            template.parse_pod_cidrs(pod_cidrs)  # refused whether or not a template is rendered
         if not pod_cidrs or not self.cfg.conf_template or (self.network and not self.state.error):
             return
         template_text = await asyncio.to_thread(Path(self.cfg.conf_template).read_text)

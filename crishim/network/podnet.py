@@ -8,6 +8,7 @@ from typing import Any
 
 import cni
 from crishim.errors import InvalidArgument
+from crishim.limits import shown
 from crishim.sandbox.model import SandboxSpec
 
 POD_IFNAME = "eth0"
@@ -40,10 +41,10 @@ def parse_bandwidth(annotation: str, value: str) -> int:
     """A Kubernetes quantity in bits per second, bounded like kubelet's (1k … 1P)."""
     match = _QUANTITY.match(value.strip())
     if not match:
-        raise InvalidArgument(f"annotation {annotation}: {value!r} is not a quantity such as 10M or 1Gi")
+        raise InvalidArgument(f"annotation {annotation}: {shown(value)} is not a quantity such as 10M or 1Gi")
     bits = int(float(match.group(1)) * _MULTIPLIER[match.group(2)])
     if not MIN_BANDWIDTH <= bits <= MAX_BANDWIDTH:
-        raise InvalidArgument(f"annotation {annotation}: {value!r} is outside 1k…1P bits per second")
+        raise InvalidArgument(f"annotation {annotation}: {shown(value)} is outside 1k…1P bits per second")
     return bits
 
 

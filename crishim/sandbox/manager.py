@@ -5,6 +5,10 @@ and UTS namespaces → CNI ADD beside the pod files and /dev/shm (only container
 READY. Everything after pinning is rolled back by a CNI DEL with its own deadline; the namespaces go only
 once DEL worked (R-SBX-2), otherwise the record stays NOTREADY with the teardown owed.
 
+Run, Stop and Remove each run as a task of their own that callers join: a client that gives up does not
+interrupt them half-way (a CNI DEL killed in the middle leaves bridge's masquerade rules behind for good:
+its retry no longer finds the interface whose address names them), and concurrent calls share one.
+
 Where things live: the records (`<state_dir>/sandboxes.log`) must outlive a reboot; everything else of
 a pod (pinned IPC/UTS namespaces, hostname, hosts, resolv.conf, /dev/shm) sits in `<run_dir>/sandboxes/<id>`
 on a tmpfs, which crishim mounts itself where the host's run dir is not one: it is gone after a reboot like
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -24,13 +29,13 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import cni
 from crishim.config import Config
-from crishim.errors import NetworkError, NotFound, Unavailable
+from crishim.errors import InvalidArgument, NetworkError, NotFound, Unavailable
 from crishim.network import podnet
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.files import MS_NODEV, MS_NOEXEC, MS_NOSUID, release_pod_files, write_pod_files
@@ -38,6 +43,7 @@ from crishim.sandbox.model import PluginTiming, Sandbox, SandboxSpec, SandboxSta
 from crishim.sandbox.namespaces import (
     PodNamespaces,
     apply_sysctls,
+    each,
     is_pinned,
     mount,
     mounts_below,
@@ -47,7 +53,7 @@ from crishim.sandbox.namespaces import (
     run_in_thread,
     unmount,
 )
-from crishim.sandbox.validate import validate_spec
+from crishim.sandbox.validate import validate_metadata, validate_spec
 from crishim.store import RecordLog, Syncer
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,8 @@ POD_ROOT_TMPFS_OPTIONS = "mode=0711"
 NETNS_PREFIX = "cni-"
 TIMELINE_LIMIT = 64
 REAPER_INTERVAL = 30.0
+
+T = TypeVar("T")
 
 
 class ContainerHooks(Protocol):
@@ -79,7 +87,7 @@ class SandboxManager:
         self.containers: ContainerHooks | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._by_key: dict[tuple[str, str, str, int], str] = {}
-        self._inflight: dict[tuple[str, str, str, int], asyncio.Task[str]] = {}
+        self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._node_hostname = socket.gethostname()
@@ -112,6 +120,22 @@ class SandboxManager:
         if self.on_change is not None:
             self.on_change(sandbox, event)
 
+    def _joined(self, key: Hashable, make: Callable[[], Coroutine[Any, Any, T]]) -> Awaitable[T]:
+        """`make()` as a task of its own, which every caller with the same `key` joins, shielded from
+        the callers' cancellation."""
+        task = self._inflight.get(key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(make())
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._joined_done, key))
+        return asyncio.shield(task)
+
+    def _joined_done(self, key: Hashable, task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # every caller may have given up; the task logged what matters
+
     # ---- persistence --------------------------------------------------------------------------
 
     async def _persist(self, sandbox: Sandbox) -> None:
@@ -134,17 +158,11 @@ class SandboxManager:
         interrupt it half-way, and its retry picks up the result.
         """
         validate_spec(spec, self.handlers)
-        key = spec.dedupe_key()
-        inflight = self._inflight.get(key)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        existing = self._sandboxes.get(self._by_key.get(key, ""))
-        if existing is not None and existing.state == SandboxState.READY:
+        key = ("run", spec.dedupe_key())
+        existing = self._sandboxes.get(self._by_key.get(spec.dedupe_key(), ""))
+        if key not in self._inflight and existing is not None and existing.state == SandboxState.READY:
             return existing.id
-        task = asyncio.get_running_loop().create_task(self._create(spec, config_blob))
-        self._inflight[key] = task
-        task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        return await self._joined(key, lambda: self._create(spec, config_blob))
 
     def _new_sandbox(self, spec: SandboxSpec, config_blob: str) -> Sandbox:
         sandbox_id = secrets.token_hex(32)
@@ -170,6 +188,17 @@ class SandboxManager:
         spec = sandbox.spec
         return podnet.Attachment(sandbox.id, netns, podnet.cni_args(spec, sandbox.id),
                                  podnet.capability_args(spec))
+
+    def _teardown_attachment(self, sandbox: Sandbox, netns: str) -> podnet.Attachment:
+        """The set-up's attachment, or, for a record older than today's checks whose arguments no plugin
+        can be given, the sandbox id alone (all DEL needs): no request may make a pod immortal."""
+        try:
+            validate_metadata(sandbox.spec)
+            return self._attachment(sandbox, netns)
+        except InvalidArgument as exc:
+            log.warning("tearing down without the pod's CNI arguments", extra={
+                "sandbox": sandbox.id, "error": str(exc)})
+            return podnet.Attachment(sandbox.id, netns, (), {})
 
     async def _create(self, spec: SandboxSpec, config_blob: str) -> str:
         if not spec.host_network:
@@ -242,24 +271,29 @@ class SandboxManager:
     # ---- stop / remove ------------------------------------------------------------------------
 
     async def _tear_down(self, sandbox: Sandbox) -> None:
-        """CNI DEL while the netns still exists (bridge needs it to undo its masquerade rules)."""
+        """CNI DEL while the netns still exists (bridge needs it to undo its masquerade rules), then
+        what the pod holds on this node; the namespaces stay until DEL has worked."""
         if sandbox.teardown_pending:
             netns = sandbox.netns_path if await asyncio.to_thread(is_pinned, sandbox.netns_path) else ""
-            await self.network.tear_down(self._attachment(sandbox, netns), sandbox.network_name,
+            await self.network.tear_down(self._teardown_attachment(sandbox, netns), sandbox.network_name,
                                          sandbox.timeline)
             sandbox.teardown_pending = False
         await asyncio.to_thread(self._release_local, sandbox)
 
     def _release_local(self, sandbox: Sandbox) -> None:
-        """What the pod holds on this node besides its network: namespaces and /dev/shm."""
-        release(self.namespaces(sandbox))
-        release_pod_files(sandbox)
+        """Namespaces and /dev/shm, each tried whatever happened to the other; idempotent."""
+        each((functools.partial(release, self.namespaces(sandbox)),
+              functools.partial(release_pod_files, sandbox)))
 
     async def stop(self, sandbox_id: str) -> None:
-        """Idempotent: an unknown or stopped pod succeeds; a failed DEL is returned and retried later."""
+        """Idempotent: an unknown or stopped pod succeeds; a failed DEL is returned and retried later.
+        Runs to the end whatever the caller does; concurrent Stops of a pod share one teardown."""
         sandbox = self.get(sandbox_id)
         if sandbox is None:
             return
+        await self._joined(("stop", sandbox.id), functools.partial(self._stop, sandbox))
+
+    async def _stop(self, sandbox: Sandbox) -> None:
         async with self._lock(sandbox.id):
             await self._stop_locked(sandbox)
 
@@ -268,27 +302,32 @@ class SandboxManager:
             return
         if self.containers is not None:
             await self.containers.stop_all(sandbox.id)
-        if sandbox.state == SandboxState.NOTREADY and not sandbox.teardown_pending:
-            return  # stopped before: namespaces and files went with that stop
-        was_ready = sandbox.state == SandboxState.READY
+        if sandbox.state == SandboxState.READY:
+            # From here on the record says the teardown is owed: a crash in the middle of DEL is
+            # finished by the next start (the netns, which DEL needs, stays until DEL has worked).
+            sandbox.state = SandboxState.NOTREADY
+            await self._persist(sandbox)
+            self._notify(sandbox, "stopped")
+        owed = sandbox.teardown_pending
         try:
             await self._tear_down(sandbox)
         except cni.CNIError as exc:
-            sandbox.state = SandboxState.NOTREADY
             sandbox.last_error = str(exc)
             await self._persist(sandbox)
             raise NetworkError(f"failed to destroy network for sandbox {sandbox.id}: {exc}") from exc
-        sandbox.state = SandboxState.NOTREADY
-        sandbox.ips = []
-        await self._persist(sandbox)
-        if was_ready:
-            self._notify(sandbox, "stopped")
+        if owed or sandbox.ips:
+            sandbox.ips = []
+            await self._persist(sandbox)
 
     async def remove(self, sandbox_id: str) -> None:
-        """Stop, remove the pod's containers and every file of the pod; unknown ids succeed."""
+        """Stop, remove the pod's containers and every file of the pod; unknown ids succeed. Like Stop,
+        it runs to the end whatever the caller does."""
         sandbox = self.get(sandbox_id)
         if sandbox is None:
             return
+        await self._joined(("remove", sandbox.id), functools.partial(self._remove, sandbox))
+
+    async def _remove(self, sandbox: Sandbox) -> None:
         async with self._lock(sandbox.id):
             if sandbox.id not in self._sandboxes:
                 return
@@ -306,7 +345,7 @@ class SandboxManager:
             del self._by_key[key]
         await self.records.delete(sandbox.id)
         self.syncer.mark(self.records.path)
-        await asyncio.to_thread(shutil.rmtree, sandbox.dir, True)  # nothing is mounted there any more
+        await asyncio.to_thread(_remove_pod_dir, Path(sandbox.dir))
 
     # ---- start-up -----------------------------------------------------------------------------
 
@@ -372,11 +411,18 @@ class SandboxManager:
         while True:
             for sandbox in list(self._sandboxes.values()):
                 if sandbox.state == SandboxState.NOTREADY and sandbox.teardown_pending:
-                    with contextlib.suppress(NetworkError):
+                    try:
                         await self.stop(sandbox.id)
+                    except Exception as exc:  # logged; tried again next round
+                        log.warning("owed teardown failed again", extra={"sandbox": sandbox.id,
+                                                                         "error": str(exc)})
             await asyncio.sleep(REAPER_INTERVAL)
 
     async def close(self) -> None:
+        """Let Runs, Stops and Removes under way finish (a DEL cut short leaks rules for good); what is
+        still running after the shutdown grace is left to the next start, as after a crash."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=self.config.shutdown_grace)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -12,15 +12,19 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import re
 import socket
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from crishim.errors import InvalidArgument
+from crishim.limits import shown
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
@@ -113,12 +117,14 @@ def _bring_up_loopback() -> None:
 
 
 def _write_sysctls(sysctls: Mapping[str, str]) -> None:
+    """The kernel refusing a value (EINVAL, ERANGE) or a name (ENOENT) is the request's fault."""
     for key, value in sysctls.items():
         path = Path("/proc/sys") / key.replace(".", "/")
         try:
             path.write_text(value)
         except OSError as exc:
-            raise OSError(exc.errno, f"sysctl {key}={value}: {exc.strerror}") from exc
+            raise InvalidArgument(f"config.linux.sysctls[{shown(key)}]: the kernel refused "
+                                  f"{shown(value)}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)
@@ -161,11 +167,27 @@ def pin(namespaces: PodNamespaces, hostname: str) -> None:
         raise
 
 
+def each(steps: Iterable[Callable[[], None]]) -> None:
+    """Run every step whatever happened to the others (teardown must get as far as it can); the first
+    failure is raised at the end."""
+    failures: list[OSError] = []
+    for step in steps:
+        try:
+            step()
+        except OSError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
 def _release(paths: list[str]) -> None:
-    for path in paths:
-        unmount(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    each(functools.partial(_release_one, path) for path in paths)
+
+
+def _release_one(path: str) -> None:
+    unmount(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:

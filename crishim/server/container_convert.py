@@ -16,8 +16,10 @@ from crishim.container.model import (
     SecurityContext,
 )
 from crishim.container.users import GroupsPolicy
+from crishim.container.validate import validate_resources
 from crishim.errors import InvalidArgument
 from crishim.sandbox.model import NamespaceMode
+from crishim.server.request_check import enum_name, reject_nul
 
 STATES = {
     ContainerState.CREATED: api_pb2.CONTAINER_CREATED,
@@ -38,8 +40,8 @@ _LEGACY_SECCOMP = {"": SeccompKind.UNCONFINED, "unconfined": SeccompKind.UNCONFI
 LOCALHOST_PREFIX = "localhost/"
 
 
-def resources_from(res: api_pb2.LinuxContainerResources) -> Resources:
-    return Resources(
+def resources_from(res: api_pb2.LinuxContainerResources, field: str = "config.linux.resources") -> Resources:
+    resources = Resources(
         cpu_period=res.cpu_period, cpu_quota=res.cpu_quota, cpu_shares=res.cpu_shares,
         memory_limit_in_bytes=res.memory_limit_in_bytes,
         memory_swap_limit_in_bytes=res.memory_swap_limit_in_bytes,
@@ -47,6 +49,8 @@ def resources_from(res: api_pb2.LinuxContainerResources) -> Resources:
         hugepage_limits={h.page_size: h.limit for h in res.hugepage_limits},
         unified=dict(res.unified),
     )
+    validate_resources(resources, field)
+    return resources
 
 
 def resources_to(res: Resources) -> api_pb2.LinuxContainerResources:
@@ -106,7 +110,8 @@ def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
         readonly_paths=list(sc.readonly_paths),
         seccomp=kind,
         seccomp_profile_path=path,
-        pid_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.pid)),
+        pid_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.pid,
+                                         "config.linux.security_context.namespace_options.pid")),
         target_id=options.target_id,
     )
 
@@ -132,6 +137,7 @@ def _mount_to(m: Mount) -> api_pb2.Mount:
 
 
 def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
+    reject_nul(config, "config")
     if not config.metadata.name:
         raise InvalidArgument("container config: metadata.name is required")
     if not config.image.image:
@@ -141,7 +147,7 @@ def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:
     mounts = [_mount_from(m) for m in config.mounts]
     stop_signal = ""
     if config.stop_signal != api_pb2.RUNTIME_DEFAULT:
-        stop_signal = api_pb2.Signal.Name(config.stop_signal)
+        stop_signal = enum_name(api_pb2.Signal, config.stop_signal, "config.stop_signal")
     return ContainerSpec(
         name=config.metadata.name,
         attempt=config.metadata.attempt,

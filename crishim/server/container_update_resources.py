@@ -11,5 +11,5 @@ class ContainerUpdateResourcesMixin(ServicerBase):
     async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest,
                                        context: Any) -> api_pb2.UpdateContainerResourcesResponse:
         await self.runtime.containers.update_resources(request.container_id,
-                                                       resources_from(request.linux))
+                                                       resources_from(request.linux, "linux"))
         return api_pb2.UpdateContainerResourcesResponse()

@@ -8,7 +8,9 @@ from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.sandbox.model import DNSConfig, NamespaceMode, PortMapping, Sandbox, SandboxSpec, SandboxState
+from crishim.server.request_check import enum_name
 
+_OPTIONS = "config.linux.security_context.namespace_options"
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _STATES = {SandboxState.READY: api_pb2.SANDBOX_READY, SandboxState.NOTREADY: api_pb2.SANDBOX_NOTREADY,
            SandboxState.CREATING: api_pb2.SANDBOX_NOTREADY}
@@ -37,9 +39,9 @@ def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> tuple[SandboxSpe
                                    host_ip=p.host_ip) for p in config.port_mappings],
         cgroup_parent=config.linux.cgroup_parent,
         sysctls=dict(config.linux.sysctls),
-        network_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.network)),
-        pid_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.pid)),
-        ipc_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.ipc)),
+        network_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.network, f"{_OPTIONS}.network")),
+        pid_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.pid, f"{_OPTIONS}.pid")),
+        ipc_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.ipc, f"{_OPTIONS}.ipc")),
     )
     blob = base64.b64encode(config.SerializeToString(deterministic=True)).decode()
     return spec, blob

@@ -31,6 +31,8 @@ from crishim.telemetry import observe_rpc
 
 log = logging.getLogger("crishim.rpc")
 
+DETAILS_MAX_BYTES = 2048
+
 STATUS_BY_ERROR: dict[type[errors.CrishimError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -55,11 +57,20 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _details(message: str) -> str:
+    """A status's details travel in gRPC metadata, percent-encoded (up to three bytes per byte) and
+    capped at 8 KiB by clients: a longer one would reach the client as a broken stream instead."""
+    raw = message.encode()
+    if len(raw) <= DETAILS_MAX_BYTES:
+        return message
+    return raw[:DETAILS_MAX_BYTES].decode(errors="ignore") + f"… ({len(raw)} bytes)"
+
+
 async def _abort_for(exc: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if isinstance(exc, errors.CrishimError):
-        await context.abort(status_for(exc), str(exc))
+        await context.abort(status_for(exc), _details(str(exc)))
     log.exception("%s failed unexpectedly", method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc}")
+    await context.abort(grpc.StatusCode.INTERNAL, _details(f"{method}: internal error: {exc}"))
 
 
 def _unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

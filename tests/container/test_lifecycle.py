@@ -20,7 +20,6 @@ from crishim.container.model import (
     SeccompKind,
     SecurityContext,
 )
-from crishim.container.oci import OCIRuntimeError
 from crishim.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from crishim.sandbox.model import NamespaceMode
 from tests.container.ctrutil import (
@@ -353,7 +352,7 @@ async def test_failed_create_leaves_nothing(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
     broken = ContainerSpec(name="broken", command=["/no/such/binary"])
-    with pytest.raises(OCIRuntimeError, match=r"(?i)no such file"):
+    with pytest.raises(FailedPrecondition, match=r"(?i)cannot be set up as requested.*no such file"):
         await mgr.create(any_pod.sandbox, broken, IMAGE)
     assert mgr.list_containers() == []
     assert os.listdir(env.state) == []

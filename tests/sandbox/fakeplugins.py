@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Passes the previous result through on ADD (a well-behaved chained plugin), and fails or hangs when
-# the test drops a flag file next to it.
+# Passes the previous result through on ADD (a well-behaved chained plugin), and fails, hangs (ADD or
+# DEL) or takes a second (DEL) when the test drops a flag file next to it.
 FAKE_PLUGIN = r"""#!/bin/sh
 dir=$(dirname "$0")
 name=$(basename "$0")
@@ -35,6 +35,11 @@ STATUS)
   exit 0 ;;
 DEL)
   [ -f "$dir/$name.del-fails" ] && fail 101 "injected DEL failure" "flag $name.del-fails is set"
+  [ -f "$dir/$name.del-slow" ] && sleep 1
+  if [ -f "$dir/$name.del-hangs" ]; then
+    echo $$ > "$dir/$name.pid"
+    exec sleep 300
+  fi
   exit 0 ;;
 *)
   exit 0 ;;
