@@ -38,7 +38,6 @@ from crishim.container.oci import OCIRuntimeError, RuntimeHandler, hugetlb_avail
 from crishim.container.ocispec import (
     SpecInputs,
     build_spec,
-    check_mounts,
     exec_process,
     held_capabilities,
     infra_spec,
@@ -211,12 +210,13 @@ class ContainerManager:
     # ---- create / start ------------------------------------------------------------------------
 
     async def create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike) -> Container:
-        validate_container(spec, sandbox.spec.log_directory)
         handler_name = sandbox.spec.runtime_handler or self.default_handler
         handler = self.runtimes.get(handler_name)
         if handler is None:
             raise InvalidArgument(f"unknown runtime handler {handler_name!r}; "
                                   f"configured: {sorted(self.runtimes)}")
+        await self._install()
+        validate_container(spec, sandbox.spec.log_directory, self._rro(handler))
         key = (sandbox.id, spec.name, spec.attempt)
         if key in self._names:
             raise AlreadyExists(f"container {spec.name!r} attempt {spec.attempt} already exists in "
@@ -226,7 +226,6 @@ class ContainerManager:
         cdir = self.root / cid
         try:
             await self._install()
-            check_mounts(spec, self._rro(handler))
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             await rootfs.mount()
@@ -276,7 +275,6 @@ class ContainerManager:
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
             hugetlb=self._hugetlb, held_capabilities=self._held_capabilities,
-            recursive_read_only=self._rro(handler),
         )
         oci = build_spec(spec, sandbox, inputs)
         log_path = ""

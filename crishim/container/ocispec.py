@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crishim.container import seccomp
-from crishim.container.model import ContainerSpec, Mount, Resources, SeccompKind
+from crishim.container.model import ContainerSpec, Resources, SeccompKind
 from crishim.container.users import User
 from crishim.errors import FailedPrecondition, InvalidArgument
 from crishim.sandbox.model import NamespaceMode, Sandbox
@@ -69,8 +69,6 @@ class SpecInputs:
     # PID whose PID namespace a TARGET container (the target's init) or a POD container (the pod's
     # infra process) joins.
     target_pid: int = 0
-    # The runtime handler applies the `rro` mount option (see container/features.py).
-    recursive_read_only: bool = False
 
 
 def process_args(spec: ContainerSpec, image_config: dict[str, Any]) -> list[str]:
@@ -193,7 +191,7 @@ def _bind(destination: str, source: str, readonly: bool, propagation: str = "rpr
             "options": ["rbind", propagation, mode]}
 
 
-def mounts(spec: ContainerSpec, sandbox: Sandbox, rro_supported: bool = False) -> list[dict[str, Any]]:
+def mounts(spec: ContainerSpec, sandbox: Sandbox) -> list[dict[str, Any]]:
     """Defaults, then the pod's files and /dev/shm, then the CRI mounts, which win on a clash."""
     privileged = spec.security.privileged
     sys_ro = [] if privileged else ["ro"]
@@ -224,7 +222,6 @@ def mounts(spec: ContainerSpec, sandbox: Sandbox, rro_supported: bool = False) -
         result += [_bind("/etc/hostname", sandbox.hostname_path, ro),
                    _bind("/etc/hosts", sandbox.hosts_path, ro),
                    _bind("/etc/resolv.conf", sandbox.resolv_conf_path, ro)]
-    check_mounts(spec, rro_supported)
     wanted = {m.container_path.rstrip("/") or "/" for m in spec.mounts}
     result = [m for m in result if m["destination"] not in wanted]
     ordered = sorted(spec.mounts, key=lambda m: len(m.container_path.rstrip("/").split("/")))
@@ -232,38 +229,6 @@ def mounts(spec: ContainerSpec, sandbox: Sandbox, rro_supported: bool = False) -
                      m.recursive_read_only)
                for m in ordered]
     return result
-
-
-def check_mounts(spec: ContainerSpec, rro_supported: bool) -> None:
-    """The CRI mounts' rules; an image volume's host_path is checked once crishim mounted it."""
-    for mount in spec.mounts:
-        _check_mount(mount, rro_supported)
-
-
-def _check_mount(mount: Mount, rro_supported: bool) -> None:
-    where = f"mount {mount.container_path!r}"
-    if any("\0" in p for p in (mount.container_path, mount.host_path, mount.image_sub_path)):
-        raise InvalidArgument(f"{where}: container_path, host_path and image_sub_path must not hold NUL")
-    if not mount.container_path.startswith("/"):
-        raise InvalidArgument(f"mount container_path {mount.container_path!r} must be absolute")
-    if mount.image:
-        if not mount.readonly:
-            raise InvalidArgument(f"{where}: an image volume must be readonly")
-    elif mount.image_sub_path:
-        raise InvalidArgument(f"{where}: image_sub_path is only for an image volume (image is empty)")
-    if not mount.host_path.startswith("/") and not (mount.image and not mount.host_path):
-        raise InvalidArgument(f"mount host_path {mount.host_path!r} must be absolute")
-    if mount.propagation not in PROPAGATION_OPTION:
-        raise InvalidArgument(f"{where}: unknown propagation {mount.propagation!r}")
-    if mount.recursive_read_only:
-        if not mount.readonly:
-            raise InvalidArgument(f"{where}: recursive_read_only needs readonly")
-        if mount.propagation != "private":
-            raise InvalidArgument(f"{where}: recursive_read_only needs private propagation, not "
-                                  f"{mount.propagation!r}")
-        if not rro_supported:
-            raise InvalidArgument(f"{where}: the pod's runtime handler does not support recursive "
-                                  "read-only mounts (RROUnsupported)")
 
 
 def namespaces(spec: ContainerSpec, sandbox: Sandbox, target_pid: int) -> list[dict[str, str]]:
@@ -337,7 +302,7 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
     profile = seccomp_section(spec, caps, inputs.localhost_seccomp)
     if profile is not None:
         linux["seccomp"] = profile
-    mount_list = mounts(spec, sandbox, inputs.recursive_read_only)
+    mount_list = mounts(spec, sandbox)
     if any(m.propagation == "rshared" for m in spec.mounts):
         linux["rootfsPropagation"] = "rshared"
     result: dict[str, Any] = {

@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 from crishim import limits
-from crishim.container.model import ContainerSpec, Resources
+from crishim.container.model import ContainerSpec, Mount, Resources
+from crishim.container.ocispec import PROPAGATION_OPTION
 from crishim.errors import InvalidArgument
 from crishim.limits import shown
 
 
-def validate_container(spec: ContainerSpec, log_directory: str) -> None:
+def validate_container(spec: ContainerSpec, log_directory: str, rro_supported: bool) -> None:
     limits.check_name("config.metadata.name", spec.name)
     if spec.log_path:
         # Relative and without '..': conmon, as root, writes the log wherever it points.
@@ -31,13 +32,35 @@ def validate_container(spec: ContainerSpec, log_directory: str) -> None:
         limits.check_size("config.working_dir", spec.working_dir, limits.PATH_MAX_BYTES)
         if not spec.working_dir.startswith("/"):
             raise InvalidArgument(f"config.working_dir {shown(spec.working_dir)} must be an absolute path")
-    for i, mount in enumerate(spec.mounts):  # the rest of their shape is checked with the OCI spec
-        field = f"config.mounts[{i}]"
-        limits.check_size(f"{field}.host_path", mount.host_path, limits.PATH_MAX_BYTES)
-        limits.check_absolute_path(f"{field}.container_path", mount.container_path)
-        if not posixpath.normpath(mount.container_path).strip("/"):  # "/", "//." …
-            raise InvalidArgument(f"{field}.container_path: nothing may be mounted over the container's root")
+    for i, mount in enumerate(spec.mounts):
+        _validate_mount(f"config.mounts[{i}]", mount, rro_supported)
     _validate_process(spec)
+
+
+def _validate_mount(field: str, mount: Mount, rro_supported: bool) -> None:
+    """An image volume has no host_path yet: crishim mounts the image and fills it in."""
+    limits.check_size(f"{field}.host_path", mount.host_path, limits.PATH_MAX_BYTES)
+    limits.check_absolute_path(f"{field}.container_path", mount.container_path)
+    if not posixpath.normpath(mount.container_path).strip("/"):  # "/", "//." …
+        raise InvalidArgument(f"{field}.container_path: nothing may be mounted over the container's root")
+    if mount.image:
+        if not mount.readonly:
+            raise InvalidArgument(f"{field}: an image volume must be readonly")
+    elif mount.image_sub_path:
+        raise InvalidArgument(f"{field}: image_sub_path is only for an image volume (image is empty)")
+    if not mount.host_path.startswith("/") and not (mount.image and not mount.host_path):
+        raise InvalidArgument(f"{field}.host_path {shown(mount.host_path)} must be absolute")
+    if mount.propagation not in PROPAGATION_OPTION:
+        raise InvalidArgument(f"{field}: unknown propagation {mount.propagation!r}")
+    if mount.recursive_read_only:
+        if not mount.readonly:
+            raise InvalidArgument(f"{field}: recursive_read_only needs readonly")
+        if mount.propagation != "private":
+            raise InvalidArgument(f"{field}: recursive_read_only needs private propagation, not "
+                                  f"{mount.propagation!r}")
+        if not rro_supported:
+            raise InvalidArgument(f"{field}: the pod's runtime handler does not support recursive "
+                                  "read-only mounts (RROUnsupported)")
 
 
 def _validate_process(spec: ContainerSpec) -> None:

@@ -10,6 +10,7 @@ from crishim.container import ocispec, seccomp
 from crishim.container.model import ContainerSpec, Mount, Resources, SeccompKind, SecurityContext
 from crishim.container.ocispec import SpecInputs, build_spec, capabilities, exec_process
 from crishim.container.users import User
+from crishim.container.validate import validate_container
 from crishim.errors import FailedPrecondition, InvalidArgument
 from crishim.sandbox.model import NamespaceMode, Sandbox, SandboxSpec, SandboxState
 
@@ -138,14 +139,14 @@ def test_mounts() -> None:
     assert build(shared)["linux"]["rootfsPropagation"] == "rshared"
     for bad in (Mount("rel", "/h"), Mount("/m", "rel"), Mount("/m", "/h", propagation="x")):
         with pytest.raises(InvalidArgument):
-            build(ContainerSpec(name="a", mounts=[bad]))
+            validate_container(ContainerSpec(name="a", mounts=[bad]), "", True)
 
 
 def test_recursive_read_only_and_image_volume_mounts() -> None:
     rro = Mount("/ro", "/h/ro", readonly=True, recursive_read_only=True)
     image = Mount("/img", "/c/image-volumes/0/rootfs/etc", readonly=True, image="busybox",
                   image_sub_path="etc", image_id="sha256:" + "a" * 64)
-    oci = build(ContainerSpec(name="a", mounts=[rro, image]), recursive_read_only=True)
+    oci = build(ContainerSpec(name="a", mounts=[rro, image]))
     by_dest = {m["destination"]: m for m in oci["mounts"]}
     assert by_dest["/ro"]["options"] == ["rbind", "rprivate", "rro"]
     assert by_dest["/img"] == {"destination": "/img", "type": "bind",
@@ -158,14 +159,15 @@ def test_recursive_read_only_and_image_volume_mounts() -> None:
                                             propagation="rslave"), True),
         "must be readonly": (Mount("/img", "", image="busybox"), True),
         "only for an image volume": (Mount("/m", "/h", image_sub_path="etc"), True),
-        "NUL": (Mount("/m", "/h\0x"), True),
+        "must be absolute": (Mount("/m", "h"), True),
+        "mounted over the container's root": (Mount("//.", "/h"), True),
     }
     for complaint, (mount, supported) in refused.items():
         with pytest.raises(InvalidArgument, match=complaint):
-            build(ContainerSpec(name="a", mounts=[mount]), recursive_read_only=supported)
+            validate_container(ContainerSpec(name="a", mounts=[mount]), "", supported)
     # Before crishim mounts it, an image volume has no host path yet.
-    ocispec.check_mounts(ContainerSpec(name="a", mounts=[Mount("/img", "", readonly=True,
-                                                               image="busybox")]), False)
+    validate_container(ContainerSpec(name="a", mounts=[Mount("/img", "", readonly=True, image="busybox")]),
+                       "", False)
 
 
 def test_privileged_and_paths() -> None:
