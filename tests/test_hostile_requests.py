@@ -360,9 +360,10 @@ def container_configs(draw: st.DrawFn, volume: Path) -> api_pb2.ContainerConfig:
         res.cpuset_mems = draw(st.one_of(st.just(""), st.just("0"), texts()))
     if draw(st.booleans()):
         sc = config.linux.security_context
-        # Not privileged: all capabilities fail here (no CAP_SYS_RESOURCE), the capabilities work's case.
+        sc.privileged = draw(st.booleans())
         sc.readonly_rootfs = draw(st.booleans())
-        sc.capabilities.add_capabilities.extend(draw(small_lists(st.one_of(st.just("NET_ADMIN"), texts()))))
+        sc.capabilities.add_capabilities.extend(draw(small_lists(
+            st.one_of(st.sampled_from(["NET_ADMIN", "ALL", "SYS_RESOURCE"]), texts()))))
         if draw(st.booleans()):
             sc.run_as_user.value = draw(st.integers(0, 2**63 - 1))
         sc.run_as_username = draw(st.one_of(st.just(""), texts()))
