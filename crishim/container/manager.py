@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from crishim.container import conmon as conmon_mod
+from crishim.container import userns
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
 from crishim.container.inroot import resolve_in_root
@@ -152,7 +153,10 @@ class ContainerManager:
         if not self._installed:
             await asyncio.to_thread(self._dirs)
             self._hugetlb = await asyncio.to_thread(hugetlb_available)
-            self.features = {name: await probe(h) for name, h in self.runtimes.items()}
+            blocker = await asyncio.to_thread(self._userns_blocker)
+            if blocker:
+                log.info("no user namespaces for pods on this node", extra={"reason": blocker})
+            self.features = {name: await probe(h, not blocker) for name, h in self.runtimes.items()}
             self._held_capabilities = await asyncio.to_thread(_own_capabilities)
             self._installed = True
 
@@ -161,6 +165,23 @@ class ContainerManager:
             d.mkdir(parents=True, exist_ok=True)
         for handler in self.runtimes.values():
             handler.install()
+
+    def _userns_blocker(self) -> str:
+        """Why pods cannot get user namespaces here ("" if they can): the kernel must idmap the
+        filesystem of container dirs, and the mapped root must be able to walk down to them."""
+        for path in (self.root, self.run_dir):
+            for directory in (path, *path.parents):
+                if not os.stat(directory).st_mode & 0o001:
+                    return (f"{directory} is not searchable by other users: a container's mapped root "
+                            "could not reach its files below it")
+        reason = userns.idmap_unsupported(str(self.root))
+        return f"cannot idmap {self.root}: {reason}" if reason else ""
+
+    def supports_userns(self, handler: str) -> bool:
+        return self.features.get(handler or self.default_handler, HandlerFeatures()).user_namespaces
+
+    def _idmap_dir(self, cid: str) -> Path:
+        return self.run_dir / "idmap" / cid
 
     def _notify(self, c: Container, change: str) -> None:
         if self.on_change is not None and not c.infra:
@@ -221,8 +242,13 @@ class ContainerManager:
         try:
             await self._install()
             check_mounts(spec, self._rro(handler))
-            await asyncio.to_thread(cdir.mkdir, mode=0o700)
+            await asyncio.to_thread(cdir.mkdir, mode=_dir_mode(sandbox))
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
+            mapped_root = _mapped_root(sandbox)
+            if mapped_root is not None:
+                rootfs = cast(RootfsLike, await asyncio.to_thread(
+                    userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path,
+                    self._idmap_dir(cid), mapped_root))
             await rootfs.mount()
             spec = await self._mount_image_volumes(spec, cid, cdir)
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
@@ -324,7 +350,7 @@ class ContainerManager:
         cdir = self.root / cid
         rootfs = cdir / "rootfs"
         try:
-            await asyncio.to_thread(rootfs.mkdir, mode=0o700, parents=True)
+            await asyncio.to_thread(_make_infra_root, sandbox, rootfs)
             oci = infra_spec(sandbox, str(rootfs), _cgroups_path(sandbox, cid), self.infra_binary,
                              await asyncio.to_thread(_own_oom_score_adj))
             c = Container(id=cid, sandbox_id=sandbox.id, spec=ContainerSpec(name="infra"),
@@ -439,6 +465,7 @@ class ContainerManager:
             await handler.delete(cid)
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
+        await asyncio.to_thread(userns.release, self._idmap_dir(cid))
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
 
@@ -616,6 +643,30 @@ class ContainerManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _dir_mode(sandbox: Sandbox) -> int:
+    """A container dir is private, but the root of a pod's user namespace is nobody on the host and
+    must still walk through it to its rootfs (containerd's bundle dirs are 0711 for the same reason)."""
+    return 0o711 if sandbox.user_ns_path else 0o700
+
+
+def _make_infra_root(sandbox: Sandbox, rootfs: Path) -> None:
+    """The infra process's empty root; in a user namespace owned by the mapped root, who must create
+    the mount points in it."""
+    rootfs.parent.mkdir(mode=_dir_mode(sandbox), parents=True)
+    rootfs.mkdir(mode=0o700)
+    mapped_root = _mapped_root(sandbox)
+    if mapped_root is not None:
+        os.chown(rootfs, *mapped_root)
+
+
+def _mapped_root(sandbox: Sandbox) -> tuple[int, int] | None:
+    """The host uid and gid of root in the pod's own user namespace (None: the host's)."""
+    userns_spec = sandbox.spec.own_userns
+    if userns_spec is None or not sandbox.user_ns_path:
+        return None
+    return userns_spec.uids[0].host_id, userns_spec.gids[0].host_id
 
 
 def _cgroups_path(sandbox: Sandbox, container_id: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import cni
 from crishim.config import Config
-from crishim.errors import NetworkError, NotFound, Unavailable
+from crishim.errors import InvalidArgument, NetworkError, NotFound, Unavailable
 from crishim.network import podnet
 from crishim.network.manager import NetworkManager
 from crishim.sandbox.files import MS_NODEV, MS_NOEXEC, MS_NOSUID, release_pod_files, write_pod_files
@@ -47,7 +47,7 @@ from crishim.sandbox.namespaces import (
     run_in_thread,
     unmount,
 )
-from crishim.sandbox.validate import validate_spec
+from crishim.sandbox.validate import USERNS_FIELD, validate_spec
 from crishim.store import RecordLog, Syncer
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class ContainerHooks(Protocol):
     async def stop_all(self, sandbox_id: str) -> None: ...
 
     async def remove_all(self, sandbox_id: str) -> None: ...
+
+    def supports_userns(self, handler: str) -> bool:
+        """Whether the runtime handler ("" for the default) runs pods in their own user namespace."""
 
 
 class SandboxManager:
@@ -134,6 +137,11 @@ class SandboxManager:
         interrupt it half-way, and its retry picks up the result.
         """
         validate_spec(spec, self.handlers)
+        if spec.own_userns is not None and not (
+                self.containers is not None and self.containers.supports_userns(spec.runtime_handler)):
+            raise InvalidArgument(f"{USERNS_FIELD}: mode POD is not supported by runtime handler "
+                                  f"{spec.runtime_handler or 'default'!r} on this node (Status "
+                                  "runtime_handlers features.user_namespaces is false)")
         key = spec.dedupe_key()
         inflight = self._inflight.get(key)
         if inflight is not None:
@@ -161,10 +169,17 @@ class SandboxManager:
             sandbox.teardown_pending = True
         if not spec.host_ipc:
             sandbox.ipc_ns_path = str(pod_dir / "ipc")
+        if spec.own_userns is not None:
+            sandbox.user_ns_path = str(pod_dir / "user")
         return sandbox
 
     def namespaces(self, sandbox: Sandbox) -> PodNamespaces:
-        return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path)
+        userns = sandbox.spec.own_userns
+        if userns is None or not sandbox.user_ns_path:
+            return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path)
+        return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path,
+                             user=sandbox.user_ns_path, uid_map="".join(m.line() for m in userns.uids),
+                             gid_map="".join(m.line() for m in userns.gids))
 
     def _attachment(self, sandbox: Sandbox, netns: str) -> podnet.Attachment:
         spec = sandbox.spec

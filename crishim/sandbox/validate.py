@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 
 from crishim.errors import InvalidArgument
-from crishim.sandbox.model import SandboxSpec
+from crishim.sandbox.model import IDMapping, NamespaceMode, SandboxSpec, UserNamespaceSpec
+
+USERNS_FIELD = "namespace_options.userns_options"
+_ID_LIMIT = 2**32 - 1  # (uid_t)-1 is no id
+# Namespaces a pod's own user namespace cannot cover: the host's are owned by the host's user namespace.
+_HOST_NAMESPACES = {"network": "network_mode", "pid": "pid_mode", "ipc": "ipc_mode"}
 
 # Values end up in CNI_ARGS (";" and "=" separate entries) and in file names.
 _ARG_SAFE = re.compile(r"^[^;=\s]+$")
@@ -40,3 +45,50 @@ def validate_spec(spec: SandboxSpec, known_handlers: set[str]) -> None:
             raise InvalidArgument(f"sysctl {key} is not allowed for a host-network pod")
         if not re.match(r"^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$", key):
             raise InvalidArgument(f"sysctl name {key!r} is not valid")
+    validate_userns(spec)
+
+
+def validate_userns(spec: SandboxSpec) -> None:
+    """containerd's rules (and critest's): POD needs exactly one uid and one gid mapping that maps
+    container id 0; NODE takes no mappings; CONTAINER and TARGET mean nothing for a user namespace.
+    A pod with its own user namespace cannot use the host's network, PID or IPC namespace."""
+    userns = spec.userns
+    if userns is None:
+        return
+    if userns.mode == NamespaceMode.NODE:
+        if userns.uids or userns.gids:
+            raise InvalidArgument(f"{USERNS_FIELD}: mode NODE takes no uids or gids mappings "
+                                  f"(got {len(userns.uids)} and {len(userns.gids)})")
+        return
+    if userns.mode != NamespaceMode.POD:
+        raise InvalidArgument(f"{USERNS_FIELD}.mode {userns.mode} is not supported (only POD and NODE)")
+    for kind, mappings in (("uids", userns.uids), ("gids", userns.gids)):
+        _check_mappings(f"{USERNS_FIELD}.{kind}", mappings)
+    for name, attr in _HOST_NAMESPACES.items():
+        if getattr(spec, attr) == NamespaceMode.NODE:
+            raise InvalidArgument(f"{USERNS_FIELD}: mode POD cannot be combined with the host's {name} "
+                                  f"namespace (namespace_options.{name} NODE)")
+
+
+def _check_mappings(where: str, mappings: list[IDMapping]) -> None:
+    if len(mappings) != 1:
+        raise InvalidArgument(f"{where}: mode POD needs exactly one mapping, got {len(mappings)}")
+    (mapping,) = mappings
+    if mapping.container_id != 0:
+        raise InvalidArgument(f"{where}: the mapping must start at container id 0, not "
+                              f"{mapping.container_id}")
+    if mapping.length < 1:
+        raise InvalidArgument(f"{where}: mapping length must be at least 1")
+    if mapping.host_id + mapping.length > _ID_LIMIT:
+        raise InvalidArgument(f"{where}: host ids {mapping.host_id}+{mapping.length} exceed "
+                              f"{_ID_LIMIT}")
+
+
+def same_userns(pod: UserNamespaceSpec | None, container: UserNamespaceSpec | None) -> bool:
+    """Whether a container's userns_options agree with its pod's (an absent one follows the pod; NODE
+    and absent are the same)."""
+    if container is None:
+        return True
+    if pod is None or not pod.own:
+        return not container.own
+    return container == pod

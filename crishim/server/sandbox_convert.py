@@ -7,7 +7,17 @@ import json
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
-from crishim.sandbox.model import DNSConfig, NamespaceMode, PortMapping, Sandbox, SandboxSpec, SandboxState
+from crishim.errors import InvalidArgument
+from crishim.sandbox.model import (
+    DNSConfig,
+    IDMapping,
+    NamespaceMode,
+    PortMapping,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+    UserNamespaceSpec,
+)
 
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _STATES = {SandboxState.READY: api_pb2.SANDBOX_READY, SandboxState.NOTREADY: api_pb2.SANDBOX_NOTREADY,
@@ -40,9 +50,26 @@ def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> tuple[SandboxSpe
         network_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.network)),
         pid_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.pid)),
         ipc_mode=NamespaceMode(api_pb2.NamespaceMode.Name(options.ipc)),
+        userns=userns_from(options),
     )
     blob = base64.b64encode(config.SerializeToString(deterministic=True)).decode()
     return spec, blob
+
+
+def userns_from(options: api_pb2.NamespaceOption) -> UserNamespaceSpec | None:
+    """NamespaceOption.userns_options as sent (None when absent); sandbox/validate.py judges it."""
+    if not options.HasField("userns_options"):
+        return None
+    userns = options.userns_options
+    if userns.mode not in api_pb2.NamespaceMode.values():
+        raise InvalidArgument(f"namespace_options.userns_options.mode: unknown value {userns.mode}")
+
+    def mappings(items: Any) -> list[IDMapping]:
+        return [IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+                for m in items]
+
+    return UserNamespaceSpec(mode=NamespaceMode(api_pb2.NamespaceMode.Name(userns.mode)),
+                             uids=mappings(userns.uids), gids=mappings(userns.gids))
 
 
 def sandbox_config(sandbox: Sandbox) -> api_pb2.PodSandboxConfig:

@@ -1,0 +1,140 @@
+"""Root filesystems for containers in a pod's own user namespace, through idmapped mounts.
+
+runc 1.1.5 cannot idmap mounts itself, so crishim does it before `runc create`: each image layer and the
+directory holding the writable layer get an idmapped clone (open_tree + mount_setattr(MOUNT_ATTR_IDMAP)
+with the pod's user namespace + move_mount), and the overlay is assembled from those clones. Files owned
+by root on disk then show as the pod's mapped root (host uid 100000 for 0→100000) everywhere, which inside
+the container is root. An idmapped overlay mount itself is refused (EINVAL), and an idmapped upper
+dir cannot be written by the mounter (see idmapped_layers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from crishim.sandbox.namespaces import mounts_below, unmount, user_namespace_child
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Generic syscall numbers (x86_64 and arm64 alike), as openat2 in inroot.py.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+# The probe's mapping: any will do, the kernel only has to accept an idmapped clone.
+PROBE_MAP = "0 100000 65536\n"
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _idmapped_clone(source: str, userns_fd: int) -> int:
+    """A detached, idmapped clone of the mount tree at `source` (not its submounts), as an fd."""
+    fd = _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(),
+                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), f"open_tree {source}")
+    try:
+        attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
+                             ctypes.sizeof(attr)), f"mount_setattr(MOUNT_ATTR_IDMAP) {source}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def idmap_mount(source: str, target: str, userns_fd: int) -> None:
+    """Attach an idmapped clone of `source` at `target` (an existing directory)."""
+    fd = _idmapped_clone(source, userns_fd)
+    try:
+        _check(_libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, target.encode(),
+                             MOVE_MOUNT_F_EMPTY_PATH), f"move_mount to {target}")
+    finally:
+        os.close(fd)
+
+
+class Layers(Protocol):
+    """What an image-manager rootfs offers: an overlay's dirs (crishim.image.rootfs.Rootfs)."""
+
+    lower_dirs: list[Path]
+    upper_dir: Path | None
+    work_dir: Path | None
+
+
+L = TypeVar("L", bound=Layers)
+
+
+def idmapped_layers(rootfs: L, userns_path: str, where: Path, root: tuple[int, int]) -> L:
+    """Blocking: the same rootfs with every lower dir replaced by an idmapped clone attached under
+    `where` (mapped through the user namespace pinned at `userns_path`); `release` undoes it.
+
+    The upper dir stays as it is but is handed to the mapped root `root` (host uid, gid): overlayfs
+    writes it with the mounter's credentials, which an idmapped mount refuses (EOVERFLOW: host root has
+    no id in the mapping), and the merged root directory takes its owner from it. What the container
+    writes is then stored as the mapped ids, as a chown-remapped snapshot would."""
+    if not dataclasses.is_dataclass(rootfs):
+        raise TypeError(f"cannot idmap a {type(rootfs).__name__}")
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    userns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        lower = []
+        for i, source in enumerate(rootfs.lower_dirs):
+            target = where / f"layer-{i}"
+            target.mkdir(mode=0o700, exist_ok=True)
+            if not os.path.ismount(target):
+                idmap_mount(str(source), str(target), userns_fd)
+            lower.append(target)
+        if rootfs.upper_dir is not None:
+            os.chown(rootfs.upper_dir, *root)
+        mapped: L = dataclasses.replace(rootfs, lower_dirs=lower)
+        return mapped
+    except BaseException:
+        release(where)
+        raise
+    finally:
+        os.close(userns_fd)
+
+
+def release(where: Path) -> None:
+    """Blocking: detach the idmapped clones under `where` and remove their empty mount points; a
+    missing `where` is no error. Never a recursive delete: a clone still attached is a live view of
+    an image layer."""
+    if not where.exists():
+        return
+    for target in mounts_below(str(where)):
+        unmount(target)
+    for entry in list(os.scandir(where)):
+        os.rmdir(entry.path)
+    os.rmdir(where)
+
+
+def idmap_unsupported(path: str) -> str:
+    """Blocking probe, critest's supportsIDMap: why the filesystem at `path` cannot be idmapped with
+    a fresh user namespace ("" when it can)."""
+    try:
+        with user_namespace_child([], PROBE_MAP, PROBE_MAP) as pid:
+            userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.close(_idmapped_clone(path, userns_fd))
+            finally:
+                os.close(userns_fd)
+    except OSError as exc:
+        return str(exc) or errno.errorcode.get(exc.errno or 0, "error")
+    return ""
