@@ -242,15 +242,21 @@ class ContainerManager:
         try:
             await self._install()
             check_mounts(spec, self._rro(handler))
+            userns.check_mount_mappings(spec.mounts, bool(sandbox.user_ns_path))
             await asyncio.to_thread(cdir.mkdir, mode=_dir_mode(sandbox))
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             mapped_root = _mapped_root(sandbox)
             if mapped_root is not None:
-                rootfs = cast(RootfsLike, await asyncio.to_thread(
-                    userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path,
-                    self._idmap_dir(cid), mapped_root))
+                try:
+                    rootfs = cast(RootfsLike, await asyncio.to_thread(
+                        userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path,
+                        self._idmap_dir(cid), mapped_root))
+                except OSError as exc:
+                    raise FailedPrecondition(f"cannot idmap the rootfs for the pod's user "
+                                             f"namespace: {exc}") from exc
             await rootfs.mount()
             spec = await self._mount_image_volumes(spec, cid, cdir)
+            spec = await self._idmap_volumes(spec, cid)
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
         except BaseException:
             self._names.pop(key, None)
@@ -279,6 +285,21 @@ class ContainerManager:
                 raise type(exc)(f"{IMAGE_VOLUME_MOUNT_FAILED}: mount {m.container_path!r}: "
                                 f"{exc}") from exc
             mounts[index] = replace(m, host_path=source, image_id=image_id)
+        return replace(spec, mounts=mounts)
+
+    async def _idmap_volumes(self, spec: ContainerSpec, cid: str) -> ContainerSpec:
+        """Idmapped clones of the host paths of mounts that ask for uidMappings/gidMappings (runc
+        1.1.5 cannot make them); the mount then binds the clone."""
+        mounts = list(spec.mounts)
+        for index, m in enumerate(mounts):
+            if m.uid_mappings:
+                await asyncio.to_thread(_prepare_host_paths, replace(spec, mounts=[m]), "")
+                try:
+                    source = await asyncio.to_thread(userns.idmap_volume, m, self._idmap_dir(cid), index)
+                except OSError as exc:
+                    raise FailedPrecondition(f"mount {m.container_path!r}: cannot idmap "
+                                             f"{m.host_path}: {exc}") from exc
+                mounts[index] = replace(m, idmapped_source=source)
         return replace(spec, mounts=mounts)
 
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,

@@ -226,8 +226,8 @@ def mounts(spec: ContainerSpec, sandbox: Sandbox, rro_supported: bool = False) -
     wanted = {m.container_path.rstrip("/") or "/" for m in spec.mounts}
     result = [m for m in result if m["destination"] not in wanted]
     ordered = sorted(spec.mounts, key=lambda m: len(m.container_path.rstrip("/").split("/")))
-    result += [_bind(m.container_path, m.host_path, m.readonly, PROPAGATION_OPTION[m.propagation],
-                     m.recursive_read_only)
+    result += [_bind(m.container_path, m.idmapped_source or m.host_path, m.readonly,
+                     PROPAGATION_OPTION[m.propagation], m.recursive_read_only)
                for m in ordered]
     return result
 

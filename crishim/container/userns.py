@@ -17,7 +17,10 @@ import os
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from crishim.container.model import Mount
+from crishim.errors import InvalidArgument
 from crishim.sandbox.namespaces import mounts_below, unmount, user_namespace_child
+from crishim.sandbox.validate import USERNS_FIELD, check_idmappings
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # Generic syscall numbers (x86_64 and arm64 alike), as openat2 in inroot.py.
@@ -28,6 +31,7 @@ OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 # The probe's mapping: any will do, the kernel only has to accept an idmapped clone.
@@ -46,13 +50,15 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def _idmapped_clone(source: str, userns_fd: int) -> int:
-    """A detached, idmapped clone of the mount tree at `source` (not its submounts), as an fd."""
+def _idmapped_clone(source: str, userns_fd: int, recursive: bool = False) -> int:
+    """A detached, idmapped clone of the mount at `source` (with its submounts if `recursive`), as
+    an fd."""
+    recurse = AT_RECURSIVE if recursive else 0
     fd = _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(),
-                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), f"open_tree {source}")
+                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recurse), f"open_tree {source}")
     try:
         attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
-        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
+        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | recurse, ctypes.byref(attr),
                              ctypes.sizeof(attr)), f"mount_setattr(MOUNT_ATTR_IDMAP) {source}")
     except BaseException:
         os.close(fd)
@@ -60,9 +66,9 @@ def _idmapped_clone(source: str, userns_fd: int) -> int:
     return fd
 
 
-def idmap_mount(source: str, target: str, userns_fd: int) -> None:
-    """Attach an idmapped clone of `source` at `target` (an existing directory)."""
-    fd = _idmapped_clone(source, userns_fd)
+def idmap_mount(source: str, target: str, userns_fd: int, recursive: bool = False) -> None:
+    """Attach an idmapped clone of `source` at `target` (an existing file or directory)."""
+    fd = _idmapped_clone(source, userns_fd, recursive)
     try:
         _check(_libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, target.encode(),
                              MOVE_MOUNT_F_EMPTY_PATH), f"move_mount to {target}")
@@ -121,8 +127,47 @@ def release(where: Path) -> None:
     for target in mounts_below(str(where)):
         unmount(target)
     for entry in list(os.scandir(where)):
-        os.rmdir(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
     os.rmdir(where)
+
+
+def check_mount_mappings(mounts: list[Mount], pod_userns: bool) -> None:
+    """A CRI mount's uidMappings/gidMappings ask for an idmapped bind: both are needed, and only a pod
+    with its own user namespace has a root they can map to."""
+    for mount in mounts:
+        if not (mount.uid_mappings or mount.gid_mappings):
+            continue
+        where = f"mount {mount.container_path!r}"
+        if not pod_userns:
+            raise InvalidArgument(f"{where}: uidMappings/gidMappings need a pod with its own user "
+                                  f"namespace ({USERNS_FIELD} mode POD)")
+        if mount.image:
+            raise InvalidArgument(f"{where}: an image volume cannot take uidMappings/gidMappings")
+        check_idmappings(f"{where} uidMappings", mount.uid_mappings)
+        check_idmappings(f"{where} gidMappings", mount.gid_mappings)
+
+
+def idmap_volume(mount: Mount, where: Path, index: int) -> str:
+    """Blocking: attach an idmapped clone of the mount's host path (submounts included, as `rbind`)
+    under `where`, mapped as the mount asks through a user namespace made for it; returns its path."""
+    target = where / f"volume-{index}"
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.path.isdir(mount.host_path):
+        target.mkdir(mode=0o700, exist_ok=True)
+    else:
+        target.touch(mode=0o600, exist_ok=True)
+    uid_map = "".join(m.line() for m in mount.uid_mappings)
+    gid_map = "".join(m.line() for m in mount.gid_mappings)
+    with user_namespace_child([], uid_map, gid_map) as pid:
+        userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            idmap_mount(mount.host_path, str(target), userns_fd, recursive=True)
+        finally:
+            os.close(userns_fd)
+    return str(target)
 
 
 def idmap_unsupported(path: str) -> str:

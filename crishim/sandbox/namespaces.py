@@ -260,8 +260,30 @@ def _enter_and_write(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> N
 
 async def apply_sysctls(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
     """Write namespaced sysctls from inside the pod's namespaces."""
-    if sysctls:
+    if not sysctls:
+        return
+    if namespaces.user:
+        await asyncio.to_thread(_write_sysctls_as_pod_root, namespaces, sysctls)
+    else:
         await run_in_thread(lambda: _enter_and_write(namespaces, sysctls))
+
+
+# Writes "$1" <- "$2", "$3" <- "$4", ...; the first failure ends it with the shell's message.
+_WRITE_PAIRS = 'while [ $# -gt 0 ]; do printf %s "$2" > "$1" || exit 1; shift 2; done'
+
+
+def _write_sysctls_as_pod_root(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+    """Under a pod's own user namespace the kernel.* (IPC, UTS) sysctl files are writable only by that
+    namespace's root, with no capability override as net.* has: a child enters the user namespace
+    (nsenter makes it uid 0 there) and the pod's others, and writes them."""
+    argv = ["nsenter", f"--user={namespaces.user}",
+            *(f"--{name}={path}" for _, name, path in namespaces.pinned()),
+            "--", "sh", "-c", _WRITE_PAIRS, "sh"]
+    for key, value in sysctls.items():
+        argv += [str(Path("/proc/sys") / key.replace(".", "/")), value]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise OSError(errno.EPERM, f"sysctls {dict(sysctls)}: {done.stderr.strip()}")
 
 
 def is_pinned(path: str) -> bool:

@@ -9,6 +9,7 @@ from crishim.sandbox.model import IDMapping, NamespaceMode, SandboxSpec, UserNam
 
 USERNS_FIELD = "namespace_options.userns_options"
 _ID_LIMIT = 2**32 - 1  # (uid_t)-1 is no id
+_MAX_MAP_LINES = 340  # the kernel's limit on uid_map / gid_map lines
 # Namespaces a pod's own user namespace cannot cover: the host's are owned by the host's user namespace.
 _HOST_NAMESPACES = {"network": "network_mode", "pid": "pid_mode", "ipc": "ipc_mode"}
 
@@ -73,15 +74,24 @@ def validate_userns(spec: SandboxSpec) -> None:
 def _check_mappings(where: str, mappings: list[IDMapping]) -> None:
     if len(mappings) != 1:
         raise InvalidArgument(f"{where}: mode POD needs exactly one mapping, got {len(mappings)}")
-    (mapping,) = mappings
-    if mapping.container_id != 0:
+    if mappings[0].container_id != 0:
         raise InvalidArgument(f"{where}: the mapping must start at container id 0, not "
-                              f"{mapping.container_id}")
-    if mapping.length < 1:
-        raise InvalidArgument(f"{where}: mapping length must be at least 1")
-    if mapping.host_id + mapping.length > _ID_LIMIT:
-        raise InvalidArgument(f"{where}: host ids {mapping.host_id}+{mapping.length} exceed "
-                              f"{_ID_LIMIT}")
+                              f"{mappings[0].container_id}")
+    check_idmappings(where, mappings)
+
+
+def check_idmappings(where: str, mappings: list[IDMapping]) -> None:
+    """What the kernel takes in a uid_map / gid_map."""
+    if not mappings:
+        raise InvalidArgument(f"{where}: no mapping given")
+    if len(mappings) > _MAX_MAP_LINES:
+        raise InvalidArgument(f"{where}: at most {_MAX_MAP_LINES} mappings, got {len(mappings)}")
+    for mapping in mappings:
+        if mapping.length < 1:
+            raise InvalidArgument(f"{where}: mapping length must be at least 1")
+        for side, start in (("host", mapping.host_id), ("container", mapping.container_id)):
+            if start + mapping.length > _ID_LIMIT:
+                raise InvalidArgument(f"{where}: {side} ids {start}+{mapping.length} exceed {_ID_LIMIT}")
 
 
 def same_userns(pod: UserNamespaceSpec | None, container: UserNamespaceSpec | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
@@ -63,13 +64,12 @@ def userns_from(options: api_pb2.NamespaceOption) -> UserNamespaceSpec | None:
     userns = options.userns_options
     if userns.mode not in api_pb2.NamespaceMode.values():
         raise InvalidArgument(f"namespace_options.userns_options.mode: unknown value {userns.mode}")
-
-    def mappings(items: Any) -> list[IDMapping]:
-        return [IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
-                for m in items]
-
     return UserNamespaceSpec(mode=NamespaceMode(api_pb2.NamespaceMode.Name(userns.mode)),
-                             uids=mappings(userns.uids), gids=mappings(userns.gids))
+                             uids=idmappings_from(userns.uids), gids=idmappings_from(userns.gids))
+
+
+def idmappings_from(items: Iterable[api_pb2.IDMapping]) -> list[IDMapping]:
+    return [IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in items]
 
 
 def sandbox_config(sandbox: Sandbox) -> api_pb2.PodSandboxConfig:

@@ -247,3 +247,76 @@ def test_a_container_cannot_leave_its_pods_user_namespace(server: CrishimServer,
     assert out(server, cid, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(SIZE)]
     stop_and_remove(server, pod_id)
     assert pod_leftovers(server) == []
+
+
+def test_mount_with_mappings_is_idmapped(server: CrishimServer, busybox_image: str) -> None:
+    """CRI Mount uidMappings/gidMappings: the host dir's root-owned files are root's inside and its
+    root writes them as host root; the status echoes the request."""
+    host = Path(tempfile.mkdtemp(prefix="userns-idmap-", dir="/tmp"))
+    try:
+        (host / "data").write_text("shared\n")
+        (host / "data").chmod(0o644)
+        pod = userns_pod("userns-idmapped-volume", userns_options())
+        pod_id = run_pod(server, pod)
+        volume = api_pb2.Mount(container_path="/data", host_path=str(host), uidMappings=[MAPPING],
+                               gidMappings=[MAPPING])
+        cid = run_container(server, pod_id, pod, "idmapped", busybox_image, ["sleep", "600"],
+                            mounts=[volume])
+        assert out(server, cid, "stat -c %u:%g /data /data/data").split() == ["0:0", "0:0"]
+        assert out(server, cid, "echo more >> /data/data && touch /data/new && echo ok") == "ok"
+        assert (host / "data").read_text() == "shared\nmore\n"
+        assert ((host / "new").stat().st_uid, (host / "new").stat().st_gid) == (0, 0)
+        (reported,) = server.runtime().ContainerStatus(
+            api_pb2.ContainerStatusRequest(container_id=cid)).status.mounts
+        assert reported.host_path == str(host) and list(reported.uidMappings) == [MAPPING]
+        assert list(reported.gidMappings) == [MAPPING]
+        stop_and_remove(server, pod_id)
+        assert pod_leftovers(server) == []
+    finally:
+        for child in host.iterdir():
+            child.unlink()
+        host.rmdir()
+
+
+@pytest.mark.parametrize(("pod_options", "mount_fields", "complaint"), [
+    (None, {"uidMappings": [MAPPING], "gidMappings": [MAPPING]}, "need a pod with its own user namespace"),
+    (api_pb2.UserNamespace(mode=api_pb2.NODE), {"uidMappings": [MAPPING], "gidMappings": [MAPPING]},
+     "need a pod with its own user namespace"),
+    (userns_options(), {"uidMappings": [MAPPING]}, "gidMappings: no mapping given"),
+    (userns_options(), {"uidMappings": [MAPPING],
+                        "gidMappings": [api_pb2.IDMapping(host_id=HOST_ID, length=0)]}, "at least 1"),
+])
+def test_mount_mappings_that_cannot_be_honoured(server: CrishimServer, busybox_image: str,
+                                                pod_options: api_pb2.UserNamespace | None,
+                                                mount_fields: dict[str, object], complaint: str) -> None:
+    pod = pod_config("mount-mappings") if pod_options is None else userns_pod("mount-mappings",
+                                                                              pod_options)
+    pod_id = run_pod(server, pod)
+    volume = api_pb2.Mount(container_path="/data", host_path="/tmp", **mount_fields)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as caught:
+        create(server, pod_id, pod, "bad-mount", busybox_image, ["true"], mounts=[volume])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(caught.value.details())
+    assert "mount '/data'" in details and complaint in details, details
+    stop_and_remove(server, pod_id)
+
+
+def test_pod_pid_namespace_and_sysctls_under_the_pods_user_namespace(
+        server: CrishimServer, busybox_image: str) -> None:
+    """The infra process (PID 1 of a pod-wide PID namespace) joins the pod's user namespace too, and
+    the pod's namespaced sysctls are set in namespaces its user namespace owns."""
+    pod = userns_pod("userns-shared-pid", userns_options(),
+                     linux=api_pb2.LinuxPodSandboxConfig(sysctls={
+                         "net.ipv4.ping_group_range": "0 0", "kernel.shm_rmid_forced": "1"}))
+    pod.linux.security_context.namespace_options.pid = api_pb2.POD
+    pod.linux.security_context.namespace_options.userns_options.CopyFrom(userns_options())
+    pod_id = run_pod(server, pod)
+    first = run_container(server, pod_id, pod, "first", busybox_image, ["sleep", "600"])
+    second = run_container(server, pod_id, pod, "second", busybox_image, ["sleep", "601"])
+    assert "sleep 601" in out(server, first, "ps -o args")
+    assert out(server, first, "cat /proc/1/cmdline | tr '\\0' ' '").startswith("/busybox sh")
+    assert out(server, second, "cat /proc/1/uid_map").split() == ["0", str(HOST_ID), str(SIZE)]
+    assert out(server, first, "cat /proc/sys/net/ipv4/ping_group_range").split() == ["0", "0"]
+    assert out(server, first, "cat /proc/sys/kernel/shm_rmid_forced") == "1"
+    stop_and_remove(server, pod_id)
+    assert pod_leftovers(server) == []
