@@ -134,6 +134,7 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "netnsPath": sandbox.netns_path,
         "ipcNamespacePath": sandbox.ipc_ns_path,
         "utsNamespacePath": sandbox.uts_ns_path,
+        "userNamespacePath": sandbox.user_ns_path,
         "sandboxDir": sandbox.dir,
         "network": sandbox.network_name,
         "cniResult": sandbox.cni_result,
