@@ -245,17 +245,9 @@ class ContainerManager:
             userns.check_mount_mappings(spec.mounts, bool(sandbox.user_ns_path))
             await asyncio.to_thread(cdir.mkdir, mode=_dir_mode(sandbox))
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
-            mapped_root = _mapped_root(sandbox)
-            if mapped_root is not None:
-                try:
-                    rootfs = cast(RootfsLike, await asyncio.to_thread(
-                        userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path,
-                        self._idmap_dir(cid), mapped_root))
-                except OSError as exc:
-                    raise FailedPrecondition(f"cannot idmap the rootfs for the pod's user "
-                                             f"namespace: {exc}") from exc
+            rootfs = await self._over_idmapped_layers(sandbox, rootfs, self._idmap_dir(cid) / "rootfs")
             await rootfs.mount()
-            spec = await self._mount_image_volumes(spec, cid, cdir)
+            spec = await self._mount_image_volumes(sandbox, spec, cid, cdir)
             spec = await self._idmap_volumes(spec, cid)
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
         except BaseException:
@@ -269,7 +261,23 @@ class ContainerManager:
     def _rro(self, handler: RuntimeHandler) -> bool:
         return self.features.get(handler.name, HandlerFeatures()).recursive_read_only
 
-    async def _mount_image_volumes(self, spec: ContainerSpec, cid: str, cdir: Path) -> ContainerSpec:
+    async def _over_idmapped_layers(self, sandbox: Sandbox, rootfs: RootfsLike, where: Path
+                                    ) -> RootfsLike:
+        """`rootfs` assembled over idmapped layers when the pod has its own user namespace, so the
+        image's owners show inside as they are in the image (as it is otherwise)."""
+        mapped_root = _mapped_root(sandbox)
+        if mapped_root is None:
+            return rootfs
+        try:
+            return cast(RootfsLike, await asyncio.to_thread(
+                userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path, where,
+                mapped_root))
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot idmap image layers for the pod's user namespace: "
+                                     f"{exc}") from exc
+
+    async def _mount_image_volumes(self, sandbox: Sandbox, spec: ContainerSpec, cid: str, cdir: Path
+                                   ) -> ContainerSpec:
         """Mount each image volume read-only under the container's dir; the mount then binds the
         image's root, or `image_sub_path` inside it, as its host path."""
         mounts = list(spec.mounts)
@@ -279,6 +287,8 @@ class ContainerManager:
             try:
                 volume, image_id = await self._rootfs.prepare_image_volume(
                     m.image, cid, index, cdir / "image-volumes" / str(index))
+                volume = await self._over_idmapped_layers(sandbox, volume,
+                                                          self._idmap_dir(cid) / f"image-{index}")
                 await volume.mount()
                 source = await asyncio.to_thread(_image_source, str(volume.merged), m)
             except CrishimError as exc:
@@ -295,7 +305,8 @@ class ContainerManager:
             if m.uid_mappings:
                 await asyncio.to_thread(_prepare_host_paths, replace(spec, mounts=[m]), "")
                 try:
-                    source = await asyncio.to_thread(userns.idmap_volume, m, self._idmap_dir(cid), index)
+                    source = await asyncio.to_thread(userns.idmap_volume, m,
+                                                     self._idmap_dir(cid) / f"volume-{index}")
                 except OSError as exc:
                     raise FailedPrecondition(f"mount {m.container_path!r}: cannot idmap "
                                              f"{m.host_path}: {exc}") from exc

@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -119,19 +120,17 @@ def idmapped_layers(rootfs: L, userns_path: str, where: Path, root: tuple[int, i
 
 
 def release(where: Path) -> None:
-    """Blocking: detach the idmapped clones under `where` and remove their empty mount points; a
-    missing `where` is no error. Never a recursive delete: a clone still attached is a live view of
-    an image layer."""
+    """Blocking: detach the idmapped clones under `where` and remove it; a missing `where` is no
+    error. The tree goes only once nothing is mounted in it: a clone still attached would be a live
+    view of an image layer or a host directory."""
     if not where.exists():
         return
     for target in mounts_below(str(where)):
         unmount(target)
-    for entry in list(os.scandir(where)):
-        if entry.is_dir(follow_symlinks=False):
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
-    os.rmdir(where)
+    left = mounts_below(str(where))
+    if left:
+        raise OSError(errno.EBUSY, f"still mounted under {where}: {left}")
+    shutil.rmtree(where)
 
 
 def check_mount_mappings(mounts: list[Mount], pod_userns: bool) -> None:
@@ -150,24 +149,23 @@ def check_mount_mappings(mounts: list[Mount], pod_userns: bool) -> None:
         check_idmappings(f"{where} gidMappings", mount.gid_mappings)
 
 
-def idmap_volume(mount: Mount, where: Path, index: int) -> str:
+def idmap_volume(mount: Mount, where: Path) -> str:
     """Blocking: attach an idmapped clone of the mount's host path (submounts included, as `rbind`)
-    under `where`, mapped as the mount asks through a user namespace made for it; returns its path."""
-    target = where / f"volume-{index}"
-    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    at `where`, mapped as the mount asks through a user namespace made for it; returns `where`."""
+    where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if os.path.isdir(mount.host_path):
-        target.mkdir(mode=0o700, exist_ok=True)
+        where.mkdir(mode=0o700, exist_ok=True)
     else:
-        target.touch(mode=0o600, exist_ok=True)
+        where.touch(mode=0o600, exist_ok=True)
     uid_map = "".join(m.line() for m in mount.uid_mappings)
     gid_map = "".join(m.line() for m in mount.gid_mappings)
     with user_namespace_child([], uid_map, gid_map) as pid:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            idmap_mount(mount.host_path, str(target), userns_fd, recursive=True)
+            idmap_mount(mount.host_path, str(where), userns_fd, recursive=True)
         finally:
             os.close(userns_fd)
-    return str(target)
+    return str(where)
 
 
 def idmap_unsupported(path: str) -> str:

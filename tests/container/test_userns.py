@@ -391,3 +391,17 @@ def test_runc_features_claim_user_namespaces_only_with_the_kernel() -> None:
     assert not features_from(without_user, kernel_rro=True, kernel_userns=True).user_namespaces
     for malformed in ('{"linux": []}', '{"linux": {"namespaces": "user"}}', "[]", "not json"):
         assert features_from(malformed, kernel_rro=True, kernel_userns=True) == HandlerFeatures()
+
+
+def test_image_volume_shows_the_images_owners(server: CrishimServer, busybox_image: str) -> None:
+    """An image volume is assembled over idmapped layers too: root's files are root's inside."""
+    pod = userns_pod("userns-image-volume", userns_options())
+    pod_id = run_pod(server, pod)
+    volume = api_pb2.Mount(container_path="/image", readonly=True,
+                           image=api_pb2.ImageSpec(image=busybox_image))
+    cid = run_container(server, pod_id, pod, "image-volume", busybox_image, ["sleep", "600"],
+                        mounts=[volume])
+    assert out(server, cid, "stat -c %u:%g /image/bin/busybox /image/home/user").split() == \
+        ["0:0", "1000:1000"]
+    stop_and_remove(server, pod_id)
+    assert pod_leftovers(server) == []
