@@ -168,12 +168,12 @@ class ContainerManager:
 
     def _userns_blocker(self) -> str:
         """Why pods cannot get user namespaces here ("" if they can): the kernel must idmap the
-        filesystem of container dirs, and the mapped root must be able to walk down to them."""
-        for path in (self.root, self.run_dir):
-            for directory in (path, *path.parents):
-                if not os.stat(directory).st_mode & 0o001:
-                    return (f"{directory} is not searchable by other users: a container's mapped root "
-                            "could not reach its files below it")
+        filesystem of container dirs, and the mapped root must be able to walk down to the run dir,
+        where each such container's rootfs is mounted (userns.idmapped_layers)."""
+        for directory in (self.run_dir, *self.run_dir.parents):
+            if not os.stat(directory).st_mode & 0o001:
+                return (f"{directory} is not searchable by other users: a container's mapped root "
+                        "could not reach its rootfs below it")
         reason = userns.idmap_unsupported(str(self.root))
         return f"cannot idmap {self.root}: {reason}" if reason else ""
 
@@ -243,7 +243,7 @@ class ContainerManager:
             await self._install()
             check_mounts(spec, self._rro(handler))
             userns.check_mount_mappings(spec.mounts, bool(sandbox.user_ns_path))
-            await asyncio.to_thread(cdir.mkdir, mode=_dir_mode(sandbox))
+            await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             rootfs = await self._over_idmapped_layers(sandbox, rootfs, self._idmap_dir(cid) / "rootfs")
             await rootfs.mount()
@@ -381,8 +381,14 @@ class ContainerManager:
         cid = secrets.token_hex(32)
         cdir = self.root / cid
         rootfs = cdir / "rootfs"
+        mapped_root = _mapped_root(sandbox)
         try:
-            await asyncio.to_thread(_make_infra_root, sandbox, rootfs)
+            if mapped_root is None:
+                await asyncio.to_thread(rootfs.mkdir, mode=0o700, parents=True)
+            else:
+                await asyncio.to_thread(cdir.mkdir, mode=0o700)
+                rootfs = await asyncio.to_thread(userns.mapped_root_dir, self._idmap_dir(cid) / "rootfs",
+                                                 mapped_root)
             oci = infra_spec(sandbox, str(rootfs), _cgroups_path(sandbox, cid), self.infra_binary,
                              await asyncio.to_thread(_own_oom_score_adj))
             c = Container(id=cid, sandbox_id=sandbox.id, spec=ContainerSpec(name="infra"),
@@ -495,9 +501,9 @@ class ContainerManager:
             self._runtime_deleted.discard(cid)  # deleted right after it exited: no second `delete`
         else:
             await handler.delete(cid)
+        await asyncio.to_thread(userns.release, self._idmap_dir(cid))  # overlays over its layers first
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
-        await asyncio.to_thread(userns.release, self._idmap_dir(cid))
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
 
@@ -675,22 +681,6 @@ class ContainerManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _dir_mode(sandbox: Sandbox) -> int:
-    """A container dir is private, but the root of a pod's user namespace is nobody on the host and
-    must still walk through it to its rootfs (containerd's bundle dirs are 0711 for the same reason)."""
-    return 0o711 if sandbox.user_ns_path else 0o700
-
-
-def _make_infra_root(sandbox: Sandbox, rootfs: Path) -> None:
-    """The infra process's empty root; in a user namespace owned by the mapped root, who must create
-    the mount points in it."""
-    rootfs.parent.mkdir(mode=_dir_mode(sandbox), parents=True)
-    rootfs.mkdir(mode=0o700)
-    mapped_root = _mapped_root(sandbox)
-    if mapped_root is not None:
-        os.chown(rootfs, *mapped_root)
 
 
 def _mapped_root(sandbox: Sandbox) -> tuple[int, int] | None:

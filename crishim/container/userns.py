@@ -1,11 +1,14 @@
 """Root filesystems for containers in a pod's own user namespace, through idmapped mounts.
 
-runc 1.1.5 cannot idmap mounts itself, so crishim does it before `runc create`: each image layer and the
-directory holding the writable layer get an idmapped clone (open_tree + mount_setattr(MOUNT_ATTR_IDMAP)
-with the pod's user namespace + move_mount), and the overlay is assembled from those clones. Files owned
-by root on disk then show as the pod's mapped root (host uid 100000 for 0→100000) everywhere, which inside
-the container is root. An idmapped overlay mount itself is refused (EINVAL), and an idmapped upper
-dir cannot be written by the mounter (see idmapped_layers).
+runc 1.1.5 cannot idmap mounts itself, so crishim does it before `runc create`: each image layer gets an
+idmapped clone (open_tree + mount_setattr(MOUNT_ATTR_IDMAP) with the pod's user namespace + move_mount),
+and the overlay is assembled from those clones. Files owned by root in the image then show as the pod's
+mapped root (host uid 100000 for 0→100000), which inside the container is root. An idmapped overlay
+mount itself is refused (EINVAL), and an idmapped upper dir cannot be written by the mounter (see
+idmapped_layers). A CRI mount with uidMappings/gidMappings becomes an idmapped clone of its host path.
+
+Everything runc must reach from inside the user namespace lives in one dir per container under the run
+dir (`idmap/<id>`), released as a whole.
 """
 
 from __future__ import annotations
@@ -82,15 +85,20 @@ class Layers(Protocol):
 
     lower_dirs: list[Path]
     upper_dir: Path | None
-    work_dir: Path | None
+    merged: Path
 
 
 L = TypeVar("L", bound=Layers)
 
 
 def idmapped_layers(rootfs: L, userns_path: str, where: Path, root: tuple[int, int]) -> L:
-    """Blocking: the same rootfs with every lower dir replaced by an idmapped clone attached under
-    `where` (mapped through the user namespace pinned at `userns_path`); `release` undoes it.
+    """Blocking: the same rootfs with every lower dir replaced by an idmapped clone (mapped through the
+    user namespace pinned at `userns_path`) in `where`/layers, merged at `where`/merged; `release`
+    undoes it.
+
+    The overlay is mounted here rather than in the container's dir so that dir stays private: the
+    mapped root is nobody on the host, and `where` is the only way it needs to walk (0711), while
+    the layers dir stays closed (0700: the kernel resolved the clones at mount time).
 
     The upper dir stays as it is but is handed to the mapped root `root` (host uid, gid): overlayfs
     writes it with the mounter's credentials, which an idmapped mount refuses (EOVERFLOW: host root has
@@ -98,25 +106,45 @@ def idmapped_layers(rootfs: L, userns_path: str, where: Path, root: tuple[int, i
     writes is then stored as the mapped ids, as a chown-remapped snapshot would."""
     if not dataclasses.is_dataclass(rootfs):
         raise TypeError(f"cannot idmap a {type(rootfs).__name__}")
-    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _walkable_dir(where)
+    layers = where / "layers"
+    layers.mkdir(mode=0o700, exist_ok=True)
+    merged = where / "merged"
+    merged.mkdir(mode=0o700, exist_ok=True)
     userns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         lower = []
         for i, source in enumerate(rootfs.lower_dirs):
-            target = where / f"layer-{i}"
+            target = layers / str(i)
             target.mkdir(mode=0o700, exist_ok=True)
             if not os.path.ismount(target):
                 idmap_mount(str(source), str(target), userns_fd)
             lower.append(target)
         if rootfs.upper_dir is not None:
             os.chown(rootfs.upper_dir, *root)
-        mapped: L = dataclasses.replace(rootfs, lower_dirs=lower)
+        mapped: L = dataclasses.replace(rootfs, lower_dirs=lower, merged=merged)
         return mapped
     except BaseException:
         release(where)
         raise
     finally:
         os.close(userns_fd)
+
+
+def _walkable_dir(path: Path) -> None:
+    """`path` and its parent made (if missing) so that the mapped root may pass, not list."""
+    for directory in (path.parent, path):
+        directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+
+
+def mapped_root_dir(where: Path, root: tuple[int, int]) -> Path:
+    """Blocking: an empty root directory at `where`/merged owned by the mapped root `root`, who must
+    create mount points in it (the pod's infra process)."""
+    _walkable_dir(where)
+    merged = where / "merged"
+    merged.mkdir(mode=0o700, exist_ok=True)
+    os.chown(merged, *root)
+    return merged
 
 
 def release(where: Path) -> None:
@@ -152,7 +180,7 @@ def check_mount_mappings(mounts: list[Mount], pod_userns: bool) -> None:
 def idmap_volume(mount: Mount, where: Path) -> str:
     """Blocking: attach an idmapped clone of the mount's host path (submounts included, as `rbind`)
     at `where`, mapped as the mount asks through a user namespace made for it; returns `where`."""
-    where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _walkable_dir(where.parent)
     if os.path.isdir(mount.host_path):
         where.mkdir(mode=0o700, exist_ok=True)
     else:

@@ -152,6 +152,8 @@ def test_pod_mode_maps_the_pods_containers_into_one_user_namespace(
     assert out(server, first, "hostname") == "userns-host"
     assert sh(server, first, "httpd -p 80 -h /tmp").exit_code == 0
     assert out(server, first, "cat /proc/sys/kernel/overflowuid") == str(OVERFLOW_UID)
+    # Its bundle (config.json: env, args) stays private: only the rootfs is on the mapped root's way.
+    assert (server.state_dir / "containers" / first).stat().st_mode & 0o777 == 0o700
 
     stop_and_remove(server, pod_id)
     assert pod_leftovers(server) == []
