@@ -214,7 +214,8 @@ class SandboxManager:
     async def _pin_namespaces(self, sandbox: Sandbox) -> None:
         """Network, IPC and UTS namespaces from one unshare, on a throw-away thread that ends inside
         them (`lo` up, hostname set): adding IPC and UTS to the netns's unshare costs a fifth of
-        pinning them on a thread of their own."""
+        pinning them on a thread of their own. With a user namespace of its own, a child process
+        makes them all (namespaces.user_namespace_child)."""
         namespaces = self.namespaces(sandbox)
         if not namespaces.pinned():
             return

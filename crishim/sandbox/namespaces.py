@@ -3,6 +3,10 @@
 Namespace membership is per thread on Linux, so every operation that enters or creates a namespace runs on
 a fresh, short-lived thread that ends with the operation: no event-loop or gRPC thread ever changes its
 namespaces, and a thread left inside a pod's namespaces cannot be reused by accident.
+
+A pod with its own user namespace (userns_options mode POD) is the exception: no thread of a
+multi-threaded process may create or enter a user namespace, so a short-lived child process makes it
+together with the pod's other namespaces (which it then owns), and writes what only its root may write.
 """
 
 from __future__ import annotations
