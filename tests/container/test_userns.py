@@ -111,6 +111,12 @@ def logged(log: Path) -> str:
     return str(poll(text, timeout=20, what=f"output in {log}"))
 
 
+def wait_exited(server: CrishimServer, cid: str) -> None:
+    """critest waits for CONTAINER_EXITED before it reads the log; so does StopPodSandbox here."""
+    poll(lambda: server.runtime().ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=cid)).status.state == api_pb2.CONTAINER_EXITED, timeout=20, what="exit")
+
+
 def pod_leftovers(server: CrishimServer) -> list[str]:
     return [m for m in mounts_below(server.root) if "/idmap/" in m or m.endswith("/user")
             or "/containers/" in m]
@@ -133,8 +139,9 @@ def test_pod_mode_maps_the_pods_containers_into_one_user_namespace(
     pod_id = run_pod(server, pod)
 
     # critest: the container prints its uid_map.
-    run_container(server, pod_id, pod, "uid-map", busybox_image, ["cat", "/proc/self/uid_map"])
+    uid_map = run_container(server, pod_id, pod, "uid-map", busybox_image, ["cat", "/proc/self/uid_map"])
     assert re.search(rf"\s+0\s+{HOST_ID}\s+{SIZE}$", logged(log_dir / "uid-map.log"))
+    wait_exited(server, uid_map)
 
     first = run_container(server, pod_id, pod, "first", busybox_image, ["sleep", "600"])
     second = run_container(server, pod_id, pod, "second", busybox_image, ["sleep", "600"])
@@ -190,8 +197,9 @@ def test_node_mode_keeps_the_host_user_namespace(server: CrishimServer, busybox_
     log_dir.mkdir()
     pod = userns_pod("userns-node", api_pb2.UserNamespace(mode=api_pb2.NODE), log_dir)
     pod_id = run_pod(server, pod)
-    run_container(server, pod_id, pod, "uid-map", busybox_image, ["cat", "/proc/self/uid_map"])
+    cid = run_container(server, pod_id, pod, "uid-map", busybox_image, ["cat", "/proc/self/uid_map"])
     assert logged(log_dir / "uid-map.log").split() == Path("/proc/self/uid_map").read_text().split()
+    wait_exited(server, cid)
     stop_and_remove(server, pod_id)
 
 
