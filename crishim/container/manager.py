@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from crishim.container import conmon as conmon_mod
+from crishim.container import userns
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
 from crishim.container.inroot import resolve_in_root
@@ -158,7 +159,10 @@ class ContainerManager:
         if not self._installed:
             await asyncio.to_thread(self._dirs)
             self._hugetlb = await asyncio.to_thread(hugetlb_available)
-            self.features = {name: await probe(h) for name, h in self.runtimes.items()}
+            blocker = await asyncio.to_thread(self._userns_blocker)
+            if blocker:
+                log.info("no user namespaces for pods on this node", extra={"reason": blocker})
+            self.features = {name: await probe(h, not blocker) for name, h in self.runtimes.items()}
             self._held_capabilities = await asyncio.to_thread(_own_capabilities)
             self._installed = True
 
@@ -167,6 +171,23 @@ class ContainerManager:
             d.mkdir(parents=True, exist_ok=True)
         for handler in self.runtimes.values():
             handler.install()
+
+    def _userns_blocker(self) -> str:
+        """Why pods cannot get user namespaces here ("" if they can): the kernel must idmap the
+        filesystem of container dirs, and the mapped root must be able to walk down to the run dir,
+        where each such container's rootfs is mounted (userns.idmapped_layers)."""
+        for directory in (self.run_dir, *self.run_dir.parents):
+            if not os.stat(directory).st_mode & 0o001:
+                return (f"{directory} is not searchable by other users: a container's mapped root "
+                        "could not reach its rootfs below it")
+        reason = userns.idmap_unsupported(str(self.root))
+        return f"cannot idmap {self.root}: {reason}" if reason else ""
+
+    def supports_userns(self, handler: str) -> bool:
+        return self.features.get(handler or self.default_handler, HandlerFeatures()).user_namespaces
+
+    def _idmap_dir(self, cid: str) -> Path:
+        return self.run_dir / "idmap" / cid
 
     def _notify(self, c: Container, change: str) -> None:
         if self.on_change is not None and not c.infra:
@@ -226,10 +247,13 @@ class ContainerManager:
         cdir = self.root / cid
         try:
             await self._install()
+            userns.check_mount_mappings(spec.mounts, bool(sandbox.user_ns_path))
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
+            rootfs = await self._over_idmapped_layers(sandbox, rootfs, self._idmap_dir(cid) / "rootfs")
             await rootfs.mount()
-            spec = await self._mount_image_volumes(spec, cid, cdir)
+            spec = await self._mount_image_volumes(sandbox, spec, cid, cdir)
+            spec = await self._idmap_volumes(spec, cid)
             c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
         except BaseException:
             self._names.pop(key, None)
@@ -242,7 +266,23 @@ class ContainerManager:
     def _rro(self, handler: RuntimeHandler) -> bool:
         return self.features.get(handler.name, HandlerFeatures()).recursive_read_only
 
-    async def _mount_image_volumes(self, spec: ContainerSpec, cid: str, cdir: Path) -> ContainerSpec:
+    async def _over_idmapped_layers(self, sandbox: Sandbox, rootfs: RootfsLike, where: Path
+                                    ) -> RootfsLike:
+        """`rootfs` assembled over idmapped layers when the pod has its own user namespace, so the
+        image's owners show inside as they are in the image (as it is otherwise)."""
+        mapped_root = _mapped_root(sandbox)
+        if mapped_root is None:
+            return rootfs
+        try:
+            return cast(RootfsLike, await asyncio.to_thread(
+                userns.idmapped_layers, cast(userns.Layers, rootfs), sandbox.user_ns_path, where,
+                mapped_root))
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot idmap image layers for the pod's user namespace: "
+                                     f"{exc}") from exc
+
+    async def _mount_image_volumes(self, sandbox: Sandbox, spec: ContainerSpec, cid: str, cdir: Path
+                                   ) -> ContainerSpec:
         """Mount each image volume read-only under the container's dir; the mount then binds the
         image's root, or `image_sub_path` inside it, as its host path."""
         mounts = list(spec.mounts)
@@ -252,12 +292,30 @@ class ContainerManager:
             try:
                 volume, image_id = await self._rootfs.prepare_image_volume(
                     m.image, cid, index, cdir / "image-volumes" / str(index))
+                volume = await self._over_idmapped_layers(sandbox, volume,
+                                                          self._idmap_dir(cid) / f"image-{index}")
                 await volume.mount()
                 source = await asyncio.to_thread(_image_source, str(volume.merged), m)
             except CrishimError as exc:
                 raise type(exc)(f"{IMAGE_VOLUME_MOUNT_FAILED}: mount {m.container_path!r}: "
                                 f"{exc}") from exc
             mounts[index] = replace(m, host_path=source, image_id=image_id)
+        return replace(spec, mounts=mounts)
+
+    async def _idmap_volumes(self, spec: ContainerSpec, cid: str) -> ContainerSpec:
+        """Idmapped clones of the host paths of mounts that ask for uidMappings/gidMappings (runc
+        1.1.5 cannot make them); the mount then binds the clone."""
+        mounts = list(spec.mounts)
+        for index, m in enumerate(mounts):
+            if m.uid_mappings:
+                await asyncio.to_thread(_prepare_host_paths, replace(spec, mounts=[m]), "")
+                try:
+                    source = await asyncio.to_thread(userns.idmap_volume, m,
+                                                     self._idmap_dir(cid) / f"volume-{index}")
+                except OSError as exc:
+                    raise FailedPrecondition(f"mount {m.container_path!r}: cannot idmap "
+                                             f"{m.host_path}: {exc}") from exc
+                mounts[index] = replace(m, idmapped_source=source)
         return replace(spec, mounts=mounts)
 
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
@@ -335,8 +393,14 @@ class ContainerManager:
         cid = secrets.token_hex(32)
         cdir = self.root / cid
         rootfs = cdir / "rootfs"
+        mapped_root = _mapped_root(sandbox)
         try:
-            await asyncio.to_thread(rootfs.mkdir, mode=0o700, parents=True)
+            if mapped_root is None:
+                await asyncio.to_thread(rootfs.mkdir, mode=0o700, parents=True)
+            else:
+                await asyncio.to_thread(cdir.mkdir, mode=0o700)
+                rootfs = await asyncio.to_thread(userns.mapped_root_dir, self._idmap_dir(cid) / "rootfs",
+                                                 mapped_root)
             oci = infra_spec(sandbox, str(rootfs), _cgroups_path(sandbox, cid), self.infra_binary,
                              await asyncio.to_thread(_own_oom_score_adj))
             c = Container(id=cid, sandbox_id=sandbox.id, spec=ContainerSpec(name="infra"),
@@ -449,6 +513,7 @@ class ContainerManager:
             self._runtime_deleted.discard(cid)  # deleted right after it exited: no second `delete`
         else:
             await handler.delete(cid)
+        await asyncio.to_thread(userns.release, self._idmap_dir(cid))  # overlays over its layers first
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
@@ -628,6 +693,14 @@ class ContainerManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _mapped_root(sandbox: Sandbox) -> tuple[int, int] | None:
+    """The host uid and gid of root in the pod's own user namespace (None: the host's)."""
+    userns_spec = sandbox.spec.own_userns
+    if userns_spec is None or not sandbox.user_ns_path:
+        return None
+    return userns_spec.uids[0].host_id, userns_spec.gids[0].host_id
 
 
 def _cgroups_path(sandbox: Sandbox, container_id: str) -> str:

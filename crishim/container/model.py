@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crishim.container.users import GroupsPolicy
-from crishim.sandbox.model import NamespaceMode
+from crishim.sandbox.model import IDMapping, NamespaceMode
 
 
 class ContainerState(enum.StrEnum):
@@ -37,6 +37,18 @@ class Mount:
     image: str = ""
     image_sub_path: str = ""
     image_id: str = ""
+    # An idmapped mount (CRI uidMappings/gidMappings), and (set at creation) the idmapped clone of
+    # host_path crishim binds in its place.
+    uid_mappings: list[IDMapping] = field(default_factory=list)
+    gid_mappings: list[IDMapping] = field(default_factory=list)
+    idmapped_source: str = ""
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Mount:
+        data = dict(data)
+        for key in ("uid_mappings", "gid_mappings"):
+            data[key] = [IDMapping(**m) for m in data.get(key, [])]
+        return Mount(**data)
 
 
 @dataclass
@@ -99,7 +111,7 @@ class ContainerSpec:
     def from_json(data: dict[str, Any]) -> ContainerSpec:
         data = dict(data)
         data["envs"] = [tuple(e) for e in data.get("envs", [])]
-        data["mounts"] = [Mount(**m) for m in data.get("mounts", [])]
+        data["mounts"] = [Mount.from_json(m) for m in data.get("mounts", [])]
         data["resources"] = Resources(**data.get("resources", {}))
         sec = dict(data.get("security", {}))
         sec["seccomp"] = SeccompKind(sec.get("seccomp", SeccompKind.UNCONFINED))

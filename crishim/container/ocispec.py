@@ -14,7 +14,7 @@ from crishim.container import seccomp
 from crishim.container.model import ContainerSpec, Resources, SeccompKind
 from crishim.container.users import User
 from crishim.errors import FailedPrecondition, InvalidArgument
-from crishim.sandbox.model import NamespaceMode, Sandbox
+from crishim.sandbox.model import IDMapping, NamespaceMode, Sandbox
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -225,14 +225,30 @@ def mounts(spec: ContainerSpec, sandbox: Sandbox) -> list[dict[str, Any]]:
     wanted = {m.container_path.rstrip("/") or "/" for m in spec.mounts}
     result = [m for m in result if m["destination"] not in wanted]
     ordered = sorted(spec.mounts, key=lambda m: len(m.container_path.rstrip("/").split("/")))
-    result += [_bind(m.container_path, m.host_path, m.readonly, PROPAGATION_OPTION[m.propagation],
-                     m.recursive_read_only)
+    result += [_bind(m.container_path, m.idmapped_source or m.host_path, m.readonly,
+                     PROPAGATION_OPTION[m.propagation], m.recursive_read_only)
                for m in ordered]
     return result
 
 
+def id_mappings(sandbox: Sandbox) -> dict[str, Any]:
+    """linux.uidMappings/gidMappings of a pod with its own user namespace: runc joins the pinned one
+    by path but still wants the mappings (it chowns what it creates to the mapped root)."""
+    userns = sandbox.spec.own_userns
+    if userns is None or not sandbox.user_ns_path:
+        return {}
+
+    def oci(mappings: list[IDMapping]) -> list[dict[str, int]]:
+        return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}
+                for m in mappings]
+
+    return {"uidMappings": oci(userns.uids), "gidMappings": oci(userns.gids)}
+
+
 def namespaces(spec: ContainerSpec, sandbox: Sandbox, target_pid: int) -> list[dict[str, str]]:
     result = [{"type": "mount"}]
+    if sandbox.user_ns_path:
+        result.append({"type": "user", "path": sandbox.user_ns_path})
     if sandbox.netns_path:
         result.append({"type": "network", "path": sandbox.netns_path})
     elif not sandbox.spec.host_network:
@@ -296,6 +312,7 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
         "resources": linux_resources(spec.resources, sec.privileged, inputs.hugetlb),
         "maskedPaths": [] if sec.privileged else (sec.masked_paths or DEFAULT_MASKED_PATHS),
         "readonlyPaths": [] if sec.privileged else (sec.readonly_paths or DEFAULT_READONLY_PATHS),
+        **id_mappings(sandbox),
     }
     if sandbox.spec.sysctls:
         linux["sysctl"] = dict(sandbox.spec.sysctls)
@@ -359,6 +376,7 @@ def infra_spec(sandbox: Sandbox, rootfs: str, cgroups_path: str, binary: str,
             "resources": linux_resources(Resources()),
             "maskedPaths": DEFAULT_MASKED_PATHS,
             "readonlyPaths": DEFAULT_READONLY_PATHS,
+            **id_mappings(sandbox),
         },
     }
 

@@ -53,7 +53,7 @@ from crishim.sandbox.namespaces import (
     run_in_thread,
     unmount,
 )
-from crishim.sandbox.validate import validate_metadata, validate_spec
+from crishim.sandbox.validate import USERNS_FIELD, validate_metadata, validate_spec
 from crishim.store import RecordLog, Syncer
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class ContainerHooks(Protocol):
     async def stop_all(self, sandbox_id: str) -> None: ...
 
     async def remove_all(self, sandbox_id: str) -> None: ...
+
+    def supports_userns(self, handler: str) -> bool:
+        """Whether the runtime handler ("" for the default) runs pods in their own user namespace."""
 
 
 class SandboxManager:
@@ -158,6 +161,11 @@ class SandboxManager:
         interrupt it half-way, and its retry picks up the result.
         """
         validate_spec(spec, self.handlers)
+        if spec.own_userns is not None and not (
+                self.containers is not None and self.containers.supports_userns(spec.runtime_handler)):
+            raise InvalidArgument(f"{USERNS_FIELD}: mode POD is not supported by runtime handler "
+                                  f"{spec.runtime_handler or 'default'!r} on this node (Status "
+                                  "runtime_handlers features.user_namespaces is false)")
         key = ("run", spec.dedupe_key())
         existing = self._sandboxes.get(self._by_key.get(spec.dedupe_key(), ""))
         if key not in self._inflight and existing is not None and existing.state == SandboxState.READY:
@@ -179,10 +187,17 @@ class SandboxManager:
             sandbox.teardown_pending = True
         if not spec.host_ipc:
             sandbox.ipc_ns_path = str(pod_dir / "ipc")
+        if spec.own_userns is not None:
+            sandbox.user_ns_path = str(pod_dir / "user")
         return sandbox
 
     def namespaces(self, sandbox: Sandbox) -> PodNamespaces:
-        return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path)
+        userns = sandbox.spec.own_userns
+        if userns is None or not sandbox.user_ns_path:
+            return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path)
+        return PodNamespaces(net=sandbox.netns_path, ipc=sandbox.ipc_ns_path, uts=sandbox.uts_ns_path,
+                             user=sandbox.user_ns_path, uid_map="".join(m.line() for m in userns.uids),
+                             gid_map="".join(m.line() for m in userns.gids))
 
     def _attachment(self, sandbox: Sandbox, netns: str) -> podnet.Attachment:
         spec = sandbox.spec
@@ -228,7 +243,8 @@ class SandboxManager:
     async def _pin_namespaces(self, sandbox: Sandbox) -> None:
         """Network, IPC and UTS namespaces from one unshare, on a throw-away thread that ends inside
         them (`lo` up, hostname set): adding IPC and UTS to the netns's unshare costs a fifth of
-        pinning them on a thread of their own."""
+        pinning them on a thread of their own. With a user namespace of its own, a child process
+        makes them all (namespaces.user_namespace_child)."""
         namespaces = self.namespaces(sandbox)
         if not namespaces.pinned():
             return

@@ -22,6 +22,40 @@ class NamespaceMode(enum.StrEnum):
     TARGET = "TARGET"
 
 
+@dataclass(frozen=True)
+class IDMapping:
+    """One line of a user namespace's uid_map or gid_map."""
+
+    container_id: int
+    host_id: int
+    length: int
+
+    def line(self) -> str:
+        return f"{self.container_id} {self.host_id} {self.length}\n"
+
+
+@dataclass
+class UserNamespaceSpec:
+    """CRI UserNamespace: POD gives the pod a user namespace of its own with these mappings, NODE
+    (like an absent option) keeps the host's."""
+
+    mode: NamespaceMode = NamespaceMode.NODE
+    uids: list[IDMapping] = field(default_factory=list)
+    gids: list[IDMapping] = field(default_factory=list)
+
+    @property
+    def own(self) -> bool:
+        return self.mode == NamespaceMode.POD
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> UserNamespaceSpec | None:
+        if data is None:
+            return None
+        return UserNamespaceSpec(mode=NamespaceMode(data["mode"]),
+                                 uids=[IDMapping(**m) for m in data.get("uids", [])],
+                                 gids=[IDMapping(**m) for m in data.get("gids", [])])
+
+
 @dataclass
 class PortMapping:
     protocol: str  # "tcp" | "udp" | "sctp"
@@ -57,6 +91,7 @@ class SandboxSpec:
     network_mode: NamespaceMode = NamespaceMode.POD
     pid_mode: NamespaceMode = NamespaceMode.CONTAINER
     ipc_mode: NamespaceMode = NamespaceMode.POD
+    userns: UserNamespaceSpec | None = None
     # The request's PodSandboxConfig as the client sent it (serialized, base64), echoed by status and
     # read by container creation; the domain treats it as opaque.
     config_blob: str = ""
@@ -68,6 +103,11 @@ class SandboxSpec:
     @property
     def host_ipc(self) -> bool:
         return self.ipc_mode == NamespaceMode.NODE
+
+    @property
+    def own_userns(self) -> UserNamespaceSpec | None:
+        """The pod's user namespace settings when it has one of its own."""
+        return self.userns if self.userns is not None and self.userns.own else None
 
     def dedupe_key(self) -> tuple[str, str, str, int]:
         return (self.name, self.namespace, self.uid, self.attempt)
@@ -95,6 +135,7 @@ class Sandbox:
     netns_path: str = ""  # "" for host network or once torn down
     ipc_ns_path: str = ""
     uts_ns_path: str = ""
+    user_ns_path: str = ""  # "" when the pod uses the host's user namespace
     ips: list[str] = field(default_factory=list)  # primary first
     cni_result: dict[str, Any] | None = None
     network_name: str = ""
@@ -126,6 +167,7 @@ class Sandbox:
     def from_json(cls, data: dict[str, Any]) -> Sandbox:
         spec_data = dict(data["spec"])
         dns = spec_data.pop("dns", None)
+        spec_data["userns"] = UserNamespaceSpec.from_json(spec_data.get("userns"))
         spec = SandboxSpec(
             **{k: v for k, v in spec_data.items() if k not in ("port_mappings",)},
             dns=DNSConfig(**dns) if dns is not None else None,

@@ -3,6 +3,10 @@
 Namespace membership is per thread on Linux, so every operation that enters or creates a namespace runs on
 a fresh, short-lived thread that ends with the operation: no event-loop or gRPC thread ever changes its
 namespaces, and a thread left inside a pod's namespaces cannot be reused by accident.
+
+A pod with its own user namespace (userns_options mode POD) is the exception: no thread of a
+multi-threaded process may create or enter a user namespace, so a short-lived child process makes it
+together with the pod's other namespaces (which it then owns), and writes what only its root may write.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -134,9 +139,14 @@ class PodNamespaces:
     net: str = ""
     ipc: str = ""
     uts: str = ""
+    # The pod's own user namespace, which then owns the others, and its uid_map / gid_map lines.
+    user: str = ""
+    uid_map: str = ""
+    gid_map: str = ""
 
     def pinned(self) -> list[tuple[int, str, str]]:
-        """(clone flag, /proc name, path) of every namespace this pod owns."""
+        """(clone flag, /proc name, path) of every namespace this pod owns but its user namespace
+        (a thread of a multi-threaded process can never enter one)."""
         entries = [(CLONE_NEWNET, "net", self.net), (CLONE_NEWIPC, "ipc", self.ipc),
                    (CLONE_NEWUTS, "uts", self.uts)]
         return [entry for entry in entries if entry[2]]
@@ -147,21 +157,26 @@ def pin(namespaces: PodNamespaces, hostname: str) -> None:
     the new namespaces."""
     made: list[str] = []
     try:
-        for _, _, path in namespaces.pinned():
+        for path in _paths(namespaces):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
             made.append(path)
-        flags = 0
-        for flag, _, _ in namespaces.pinned():
-            flags |= flag
-        _check(_libc.unshare(flags), "unshare")
+        if namespaces.user:
+            _pin_under_user_namespace(namespaces)
+            enter_namespaces(namespaces)
+        else:
+            flags = 0
+            for flag, _, _ in namespaces.pinned():
+                flags |= flag
+            _check(_libc.unshare(flags), "unshare")
         if namespaces.uts and hostname:
             name = hostname.encode()
             _check(_libc.sethostname(name, len(name)), "sethostname")
         if namespaces.net:
             _bring_up_loopback()
-        for _, proc_name, path in namespaces.pinned():
-            mount(f"/proc/thread-self/ns/{proc_name}", path, None, MS_BIND)
+        if not namespaces.user:
+            for _, proc_name, path in namespaces.pinned():
+                mount(f"/proc/thread-self/ns/{proc_name}", path, None, MS_BIND)
     except BaseException:
         _release(made)
         raise
@@ -178,6 +193,55 @@ def each(steps: Iterable[Callable[[], None]]) -> None:
             failures.append(exc)
     if failures:
         raise failures[0]
+
+
+_UNSHARE_OPTION = {CLONE_NEWNET: "--net", CLONE_NEWIPC: "--ipc", CLONE_NEWUTS: "--uts"}
+
+
+def _pin_under_user_namespace(namespaces: PodNamespaces) -> None:
+    """A new user namespace and, owned by it, the pod's other namespaces, pinned from here. The owner
+    matters: only a namespace owned by the container's user namespace lets its root mount sysfs or
+    mqueue, bind low ports, set the host name or write net.* sysctls."""
+    options = [_UNSHARE_OPTION[flag] for flag, _, _ in namespaces.pinned()]
+    with user_namespace_child(options, namespaces.uid_map, namespaces.gid_map) as pid:
+        for proc_name, path in [("user", namespaces.user),
+                                *((name, path) for _, name, path in namespaces.pinned())]:
+            mount(f"/proc/{pid}/ns/{proc_name}", path, None, MS_BIND)
+
+
+@contextlib.contextmanager
+def user_namespace_child(unshare_options: list[str], uid_map: str, gid_map: str) -> Iterator[int]:
+    """The pid of a child in a new, mapped user namespace (and the namespaces `unshare_options` name,
+    owned by it), alive until the block ends. A child makes them because the kernel refuses
+    CLONE_NEWUSER to a multi-threaded process; we map it from here, privileged in its parent."""
+    argv = ["unshare", "--user", *unshare_options, "--", "sh", "-c", "echo; read _"]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    try:
+        if child.stdout.readline() != b"\n":
+            child.wait()
+            raise OSError(errno.EPERM, f"unshare --user: {child.stderr.read().decode().strip()}")
+        write_id_maps(child.pid, uid_map, gid_map)
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
+
+
+def write_id_maps(pid: int, uid_map: str, gid_map: str) -> None:
+    """Map the user namespace `pid` is in; we are privileged in its parent, so no setgroups dance."""
+    for name, lines in (("uid_map", uid_map), ("gid_map", gid_map)):
+        try:
+            Path(f"/proc/{pid}/{name}").write_text(lines)
+        except OSError as exc:
+            raise OSError(exc.errno, f"writing {name} {lines.strip()!r}: {exc.strerror}") from exc
+
+
+def _paths(namespaces: PodNamespaces) -> list[str]:
+    """Every pin file of the pod, its user namespace's included."""
+    return [path for _, _, path in namespaces.pinned()] + ([namespaces.user] if namespaces.user else [])
 
 
 def _release(paths: list[str]) -> None:
@@ -197,7 +261,7 @@ async def pin_namespaces(namespaces: PodNamespaces, hostname: str) -> None:
 
 def release(namespaces: PodNamespaces) -> None:
     """Blocking form of `release_namespaces`."""
-    _release([path for _, _, path in namespaces.pinned()])
+    _release(_paths(namespaces))
 
 
 async def release_namespaces(namespaces: PodNamespaces) -> None:
@@ -222,8 +286,30 @@ def _enter_and_write(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> N
 
 async def apply_sysctls(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
     """Write namespaced sysctls from inside the pod's namespaces."""
-    if sysctls:
+    if not sysctls:
+        return
+    if namespaces.user:
+        await asyncio.to_thread(_write_sysctls_as_pod_root, namespaces, sysctls)
+    else:
         await run_in_thread(lambda: _enter_and_write(namespaces, sysctls))
+
+
+# Writes "$1" <- "$2", "$3" <- "$4", ...; the first failure ends it with the shell's message.
+_WRITE_PAIRS = 'while [ $# -gt 0 ]; do printf %s "$2" > "$1" || exit 1; shift 2; done'
+
+
+def _write_sysctls_as_pod_root(namespaces: PodNamespaces, sysctls: Mapping[str, str]) -> None:
+    """Under a pod's own user namespace the kernel.* (IPC, UTS) sysctl files are writable only by that
+    namespace's root, with no capability override as net.* has: a child enters the user namespace
+    (nsenter makes it uid 0 there) and the pod's others, and writes them."""
+    argv = ["nsenter", f"--user={namespaces.user}",
+            *(f"--{name}={path}" for _, name, path in namespaces.pinned()),
+            "--", "sh", "-c", _WRITE_PAIRS, "sh"]
+    for key, value in sysctls.items():
+        argv += [str(Path("/proc/sys") / key.replace(".", "/")), value]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise OSError(errno.EPERM, f"sysctls {dict(sysctls)}: {done.stderr.strip()}")
 
 
 def is_pinned(path: str) -> bool:

@@ -18,8 +18,9 @@ from crishim.container.model import (
 from crishim.container.users import GroupsPolicy
 from crishim.container.validate import validate_resources
 from crishim.errors import InvalidArgument
-from crishim.sandbox.model import NamespaceMode
+from crishim.sandbox.model import IDMapping, NamespaceMode
 from crishim.server.request_check import enum_name, reject_nul
+from crishim.server.sandbox_convert import idmappings_from
 
 STATES = {
     ContainerState.CREATED: api_pb2.CONTAINER_CREATED,
@@ -124,7 +125,12 @@ def _mount_from(m: api_pb2.Mount) -> Mount:
         raise InvalidArgument(f"mount {m.container_path!r}: host_path must be empty for an image volume")
     return Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
                  propagation=_PROPAGATION[m.propagation], recursive_read_only=m.recursive_read_only,
-                 image=image, image_sub_path=m.image_sub_path)
+                 image=image, image_sub_path=m.image_sub_path,
+                 uid_mappings=idmappings_from(m.uidMappings), gid_mappings=idmappings_from(m.gidMappings))
+
+
+def _idmapping_to(m: IDMapping) -> api_pb2.IDMapping:
+    return api_pb2.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
 
 
 def _mount_to(m: Mount) -> api_pb2.Mount:
@@ -133,7 +139,8 @@ def _mount_to(m: Mount) -> api_pb2.Mount:
         container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
         propagation=_PROPAGATION_OF[m.propagation], recursive_read_only=m.recursive_read_only,
         image=api_pb2.ImageSpec(image=m.image, image_ref=m.image_id) if m.image else None,
-        image_sub_path=m.image_sub_path)
+        image_sub_path=m.image_sub_path, uidMappings=[_idmapping_to(i) for i in m.uid_mappings],
+        gidMappings=[_idmapping_to(i) for i in m.gid_mappings])
 
 
 def spec_from_config(config: api_pb2.ContainerConfig) -> ContainerSpec:

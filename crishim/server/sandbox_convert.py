@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
-from crishim.sandbox.model import DNSConfig, NamespaceMode, PortMapping, Sandbox, SandboxSpec, SandboxState
+from crishim.errors import InvalidArgument
+from crishim.sandbox.model import (
+    DNSConfig,
+    IDMapping,
+    NamespaceMode,
+    PortMapping,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+    UserNamespaceSpec,
+)
 from crishim.server.request_check import enum_name
 
 _OPTIONS = "config.linux.security_context.namespace_options"
@@ -42,9 +53,24 @@ def spec_from_request(request: api_pb2.RunPodSandboxRequest) -> tuple[SandboxSpe
         network_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.network, f"{_OPTIONS}.network")),
         pid_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.pid, f"{_OPTIONS}.pid")),
         ipc_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.ipc, f"{_OPTIONS}.ipc")),
+        userns=userns_from(options),
     )
     blob = base64.b64encode(config.SerializeToString(deterministic=True)).decode()
     return spec, blob
+
+
+def userns_from(options: api_pb2.NamespaceOption) -> UserNamespaceSpec | None:
+    """NamespaceOption.userns_options as sent (None when absent); sandbox/validate.py judges it."""
+    if not options.HasField("userns_options"):
+        return None
+    userns = options.userns_options
+    mode = enum_name(api_pb2.NamespaceMode, userns.mode, "namespace_options.userns_options.mode")
+    return UserNamespaceSpec(mode=NamespaceMode(mode),
+                             uids=idmappings_from(userns.uids), gids=idmappings_from(userns.gids))
+
+
+def idmappings_from(items: Iterable[api_pb2.IDMapping]) -> list[IDMapping]:
+    return [IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length) for m in items]
 
 
 def sandbox_config(sandbox: Sandbox) -> api_pb2.PodSandboxConfig:
@@ -109,6 +135,7 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "netnsPath": sandbox.netns_path,
         "ipcNamespacePath": sandbox.ipc_ns_path,
         "utsNamespacePath": sandbox.uts_ns_path,
+        "userNamespacePath": sandbox.user_ns_path,
         "sandboxDir": sandbox.dir,
         "network": sandbox.network_name,
         "cniResult": sandbox.cni_result,
