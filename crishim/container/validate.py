@@ -43,23 +43,24 @@ def _validate_mount(field: str, mount: Mount, rro_supported: bool) -> None:
     limits.check_absolute_path(f"{field}.container_path", mount.container_path)
     if not posixpath.normpath(mount.container_path).strip("/"):  # "/", "//." …
         raise InvalidArgument(f"{field}.container_path: nothing may be mounted over the container's root")
+    where = f"{field} (container_path {shown(mount.container_path)})"
     if mount.image:
         if not mount.readonly:
-            raise InvalidArgument(f"{field}: an image volume must be readonly")
+            raise InvalidArgument(f"{where}: an image volume must be readonly")
     elif mount.image_sub_path:
-        raise InvalidArgument(f"{field}: image_sub_path is only for an image volume (image is empty)")
+        raise InvalidArgument(f"{where}: image_sub_path is only for an image volume (image is empty)")
     if not mount.host_path.startswith("/") and not (mount.image and not mount.host_path):
         raise InvalidArgument(f"{field}.host_path {shown(mount.host_path)} must be absolute")
     if mount.propagation not in PROPAGATION_OPTION:
-        raise InvalidArgument(f"{field}: unknown propagation {mount.propagation!r}")
+        raise InvalidArgument(f"{where}: unknown propagation {mount.propagation!r}")
     if mount.recursive_read_only:
         if not mount.readonly:
-            raise InvalidArgument(f"{field}: recursive_read_only needs readonly")
+            raise InvalidArgument(f"{where}: recursive_read_only needs readonly")
         if mount.propagation != "private":
-            raise InvalidArgument(f"{field}: recursive_read_only needs private propagation, not "
+            raise InvalidArgument(f"{where}: recursive_read_only needs private propagation, not "
                                   f"{mount.propagation!r}")
         if not rro_supported:
-            raise InvalidArgument(f"{field}: the pod's runtime handler does not support recursive "
+            raise InvalidArgument(f"{where}: the pod's runtime handler does not support recursive "
                                   "read-only mounts (RROUnsupported)")
 
 

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
-from crishim.errors import InvalidArgument
 from crishim.sandbox.model import (
     DNSConfig,
     IDMapping,
