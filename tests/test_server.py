@@ -38,6 +38,7 @@ def test_version_and_help() -> None:
     ('log_level = "chatty"', "log_level"),
     ('no_such_key = 1', "no_such_key"),
     ('[streaming]\nport = 70000', "streaming.port"),
+    ('[streaming]\nidle_timeout = 0', "streaming.idle_timeout"),
     ('socket = "relative.sock"', "socket"),
     ('this is not toml', "not valid TOML"),
 ])

@@ -39,11 +39,12 @@ class HTTPAnswer:
     body: bytes = b""
 
 
-async def _request(url: str, headers: dict[str, list[str]]
-                   ) -> tuple[HTTPAnswer, asyncio.StreamReader, asyncio.StreamWriter]:
+async def http_request(url: str, headers: dict[str, list[str]], method: str = "GET"
+                       ) -> tuple[HTTPAnswer, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send one request; the connection stays open only after a 101."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    lines = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{k}: {v}" for k, values in headers.items() for v in values]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -61,7 +62,7 @@ async def _request(url: str, headers: dict[str, list[str]]
 
 
 async def spdy_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, spdy.Session | None]:
-    answer, reader, writer = await _request(url, {
+    answer, reader, writer = await http_request(url, {
         "Connection": ["Upgrade"], "Upgrade": ["SPDY/3.1"], "X-Stream-Protocol-Version": protocols})
     if answer.status != 101:
         return answer, None
@@ -72,7 +73,7 @@ async def spdy_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, spdy
 
 async def ws_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, WebSocket | None]:
     key = base64.b64encode(os.urandom(16)).decode()
-    answer, reader, writer = await _request(url, {
+    answer, reader, writer = await http_request(url, {
         "Connection": ["Upgrade"], "Upgrade": ["websocket"], "Sec-WebSocket-Key": [key],
         "Sec-WebSocket-Version": ["13"], "Sec-WebSocket-Protocol": [", ".join(protocols)]})
     if answer.status != 101:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +16,7 @@ from crishim.server.sandbox_portforward import SandboxPortForwardMixin
 from crishim.streaming.server import StreamingServer
 from tests.container.ctrutil import wait_until
 from tests.streaming.client import spdy_connect, spdy_remotecommand, ws_connect, ws_remotecommand
-from tests.streaming.conftest import Stack
+from tests.streaming.conftest import Stack, displayed, pids_running
 
 pytestmark = pytest.mark.root
 
@@ -62,7 +59,7 @@ async def test_exec_tty_echo_and_resize(stack: Stack) -> None:
     url = stack.server.exec_url(c.id, ["sh", "-c", "read line; echo got:$line; stty size"], stdin=True,
                                 stdout=True, stderr=False, tty=True)
     result = await spdy_remotecommand(url, stdin=b"hi\r", tty=True, size=(123, 45))
-    text = result.stdout.decode()
+    text = displayed(result.stdout)
     assert "hi\r\n" in text  # echoed by the terminal
     assert "got:hi\r\n" in text
     assert "45 123\r\n" in text
@@ -84,7 +81,7 @@ async def test_websocket_tty_resize(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
     url = stack.server.exec_url(c.id, ["stty", "size"], stdin=False, stdout=True, stderr=False, tty=True)
     result = await ws_remotecommand(url, size=(90, 30))
-    assert result.stdout == b"30 90\r\n"
+    assert displayed(result.stdout) == "30 90\r\n"
 
 
 async def test_resize_reaches_a_running_process(stack: Stack) -> None:
@@ -135,8 +132,7 @@ async def test_bad_and_reused_tokens_are_404(stack: Stack) -> None:
     assert session is None and answer.status == 404
     url = stack.server.exec_url(c.id, ["true"], stdin=False, stdout=True, stderr=False, tty=False)
     answer, session = await spdy_connect(url.replace("/exec/", "/attach/"), ["v4.channel.k8s.io"])
-    assert session is None and answer.status == 404  # the token is for another endpoint, and now spent
-    url = stack.server.exec_url(c.id, ["true"], stdin=False, stdout=True, stderr=False, tty=False)
+    assert session is None and answer.status == 404  # the token is for another endpoint
     assert (await spdy_remotecommand(url)).exit_code == 0
     answer, session = await spdy_connect(url, ["v4.channel.k8s.io"])
     assert session is None and answer.status == 404
@@ -152,16 +148,6 @@ async def test_unsupported_protocol_is_refused(stack: Stack) -> None:
     assert "v4.channel.k8s.io" in answer.headers["x-accepted-stream-protocol-versions"]
 
 
-def _pids_running(marker: bytes) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{entry}/cmdline").read_bytes() == marker:
-                    pids.append(int(entry))
-    return pids
-
-
 @BOTH_RUNTIMES
 async def test_client_disconnect_kills_the_process(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
@@ -172,9 +158,9 @@ async def test_client_disconnect_kills_the_process(stack: Stack) -> None:
     assert session is not None
     await session.open_stream({"streamType": "error"})
     await session.open_stream({"streamType": "stdout"})
-    await wait_until(lambda: _pids_running(marker), what="the exec'd sleep to start")
+    await wait_until(lambda: pids_running(marker), what="the exec'd sleep to start")
     await session.close()
-    await wait_until(lambda: not _pids_running(marker), what="the exec'd sleep to be killed")
+    await wait_until(lambda: not pids_running(marker), what="the exec'd sleep to be killed")
 
 
 async def test_twenty_concurrent_execs(stack: Stack) -> None:
