@@ -41,6 +41,8 @@ CLOSE_TIMEOUT = 15.0
 # Seconds a client gets to send its whole request head (Go's ReadHeaderTimeout): an idle or trickling
 # connection is dropped instead of holding a descriptor.
 HEADER_TIMEOUT = 5.0
+ACCEPT_BACKLOG = 100
+ACCEPT_RETRY_DELAY = 1.0
 # Connections that have not yet shown a valid token, at most; further ones are closed at once. Never more
 # than a quarter of the descriptor limit, so the rest of the runtime keeps what it needs.
 MAX_UNAUTHENTICATED = 128
@@ -137,7 +139,9 @@ class StreamingServer:
         self.containers = containers
         self.sandboxes = sandboxes
         self.tokens = TokenCache()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._unauthenticated = 0
         self.header_timeout = HEADER_TIMEOUT
@@ -150,28 +154,30 @@ class StreamingServer:
         soft_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft_nofile != resource.RLIM_INFINITY:
             self.max_unauthenticated = min(self.max_unauthenticated, max(1, soft_nofile // 4))
-        self._server = await asyncio.start_server(self._handle, self.config.address, self.config.port,
-                                                  limit=protocol.MAX_HEAD)
-        port = self._server.sockets[0].getsockname()[1]
+        self._listener = await asyncio.to_thread(_listen, self.config.address, self.config.port)
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept(self._listener))
+        port = self._listener.getsockname()[1]
         self.base_url = f"http://{_url_host(self.config.address)}:{port}"
         log.info("streaming server listening", extra={"url": self.base_url})
 
     async def close(self) -> None:
         """Stop listening and end every live stream (exec'd processes are killed)."""
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         # Dropping the connections makes every handler see its client gone and clean up after itself.
         for writer in self._connections.values():
             writer.transport.abort()
-        tasks = list(self._connections)
+        tasks = list(self._handlers)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     # ---- the RPC side --------------------------------------------------------------------------
 
@@ -221,17 +227,36 @@ class StreamingServer:
 
     # ---- the HTTP side -------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._unauthenticated >= self.max_unauthenticated:
-            writer.transport.abort()  # a flood of idle connections must not use up our descriptors
-            return
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept one connection at a time and count it before the next, so that no more than
+        max_unauthenticated ever wait for their request: a flood of idle connections is closed as it
+        comes instead of using up the descriptors the rest of crishim needs."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors after all: let others finish first
+                log.warning("streaming server cannot accept", extra={"error": str(exc)})
+                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            if self._unauthenticated >= self.max_unauthenticated:
+                conn.close()
+                continue
+            self._unauthenticated += 1
+            task = loop.create_task(self._handle(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        """One connection; it counts as unauthenticated until its request has been checked."""
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
-        self._unauthenticated += 1
+        writer: asyncio.StreamWriter | None = None
         try:
             try:
                 async with asyncio.timeout(self.header_timeout):
+                    reader, writer = await asyncio.open_connection(sock=conn, limit=protocol.MAX_HEAD)
+                    self._connections[task] = writer
                     accepted = await self._authenticate(reader, writer)
             except TimeoutError:
                 return  # a slow or idle client is dropped without an answer, as Go's ReadHeaderTimeout
@@ -245,7 +270,10 @@ class StreamingServer:
             log.exception("streaming connection failed")
         finally:
             self._connections.pop(task, None)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
 
     async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                             ) -> tuple[Pending, Upgrade] | None:
@@ -412,6 +440,14 @@ def _upgrade(req: Request, pending: Pending) -> Upgrade:
     if version:
         headers["X-Stream-Protocol-Version"] = [version]
     return Upgrade(False, version, protocol.response(101, "Switching Protocols", headers))
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    """The listening socket (blocking: the address may be a name to resolve)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.create_server((address, port), family=family, backlog=ACCEPT_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 def _connect_in_netns(netns: str, port: int) -> socket.socket:
