@@ -81,7 +81,7 @@ async def ws_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, WebSoc
     return answer, WebSocket(reader, writer, client=True)
 
 
-async def _read_all(stream: spdy.Stream | None) -> bytes:
+async def read_all(stream: spdy.Stream | None) -> bytes:
     out = b""
     while stream is not None and (chunk := await stream.read()):
         out += chunk
@@ -114,8 +114,8 @@ async def spdy_remotecommand(url: str, *, stdin: bytes | None = None, stdout: bo
                 await streams["stdin"].write(stdin)
             if not keep_stdin_open:
                 await streams["stdin"].close()
-        out, err, status = await asyncio.gather(_read_all(streams.get("stdout")),
-                                                _read_all(streams.get("stderr")), _read_all(error))
+        out, err, status = await asyncio.gather(read_all(streams.get("stdout")),
+                                                read_all(streams.get("stderr")), read_all(error))
         return Result(out, err, status)
     finally:
         await session.close()
@@ -159,7 +159,7 @@ async def spdy_port_forward(session: spdy.Session, port: int, request_id: int, p
     data = await session.open_stream({"streamType": "data", **headers})
     if payload:
         await data.write(payload)
-    received, error_text = await asyncio.gather(_read_all(data), _read_all(error))
+    received, error_text = await asyncio.gather(read_all(data), read_all(error))
     with contextlib.suppress(EOFError):
         await data.close()
     return received, error_text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from crishim.server.container_exec import ContainerExecMixin
 from crishim.server.sandbox_portforward import SandboxPortForwardMixin
 from crishim.streaming.server import StreamingServer
 from tests.container.ctrutil import wait_until
-from tests.streaming.client import spdy_connect, spdy_remotecommand, ws_connect, ws_remotecommand
+from tests.streaming.client import read_all, spdy_connect, spdy_remotecommand, ws_connect, ws_remotecommand
 from tests.streaming.conftest import Stack, displayed, pids_running
 
 pytestmark = pytest.mark.root
@@ -84,6 +85,9 @@ async def test_websocket_tty_resize(stack: Stack) -> None:
     assert displayed(result.stdout) == "30 90\r\n"
 
 
+STTY_SIZE = re.compile(rb"(?m)^(\d+ \d+)\r")
+
+
 async def test_resize_reaches_a_running_process(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
     url = stack.server.exec_url(c.id, ["sh"], stdin=True, stdout=True, stderr=False, tty=True)
@@ -96,16 +100,26 @@ async def test_resize_reaches_a_running_process(stack: Stack) -> None:
         resize = await session.open_stream({"streamType": "resize"})
         await resize.write(b'{"Width":80,"Height":24}')
         await resize.write(b'{"Width":132,"Height":50}')
-        seen = b""
-        deadline = asyncio.get_running_loop().time() + 20
-        while b"50 132" not in seen:  # SIGWINCH is asynchronous: ask until the new size shows
-            assert asyncio.get_running_loop().time() < deadline, seen
-            await stdin.write(b"stty size\r")
-            seen += await asyncio.wait_for(stdout.read(), 20)
+        seen = bytearray()
+
+        async def collect() -> None:  # all along, as client-go does: a client that stops reading one
+            while chunk := await stdout.read():  # stream stalls the whole session
+                seen.extend(chunk)
+
+        collector = asyncio.create_task(collect())
+        answers: list[bytes] = []
+
+        def answered() -> bool:
+            return len(STTY_SIZE.findall(seen)) > len(answers)
+
+        while answers[-1:] != [b"50 132"]:  # SIGWINCH is asynchronous: ask until the new size shows
+            assert len(answers) < 100, answers
+            await stdin.write(b"stty size\r")  # one question at a time: the answers cannot pile up
+            await wait_until(answered, within=20, what="stty's answer")
+            answers[:] = STTY_SIZE.findall(seen)
         await stdin.write(b"exit 4\r")
-        status = b""
-        while chunk := await error.read():
-            status += chunk
+        status = await asyncio.wait_for(read_all(error), 20)
+        await asyncio.wait_for(collector, 20)
         assert json.loads(status)["details"]["causes"][0]["message"] == "4"
     finally:
         await session.close()
