@@ -179,6 +179,11 @@ class StreamingServer:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
+    @property
+    def connection_count(self) -> int:
+        """Connections being served, from accept to the end of their session."""
+        return len(self._handlers)
+
     # ---- the RPC side --------------------------------------------------------------------------
 
     def _running(self, container_id: str) -> Container:

@@ -177,6 +177,24 @@ async def test_client_disconnect_kills_the_process(stack: Stack) -> None:
     await wait_until(lambda: not pids_running(marker), what="the exec'd sleep to be killed")
 
 
+@BOTH_RUNTIMES
+async def test_client_leaving_before_the_process_starts_still_kills_it(stack: Stack) -> None:
+    """The runtime writes the pid file only once the process runs: a client gone before then must not
+    leave the process behind in the container."""
+    c = await stack.run("main", "sleep 3600")
+    marker = b"sleep\x004245\x00"
+    url = stack.server.exec_url(c.id, ["sleep", "4245"], stdin=False, stdout=True, stderr=False,
+                                tty=False)
+    _, session = await spdy_connect(url, ["v4.channel.k8s.io"])
+    assert session is not None
+    await session.open_stream({"streamType": "error"})
+    await session.open_stream({"streamType": "stdout"})
+    await session.close()
+    await wait_until(lambda: stack.server.connection_count == 0, within=20,
+                     what="the streaming server to finish with the connection")
+    assert not pids_running(marker)
+
+
 async def test_twenty_concurrent_execs(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
     urls = [stack.server.exec_url(c.id, ["sh", "-c", f"echo -n {i}; exit {i}"], stdin=False, stdout=True,
