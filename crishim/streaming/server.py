@@ -43,6 +43,7 @@ CLOSE_TIMEOUT = 15.0
 HEADER_TIMEOUT = 5.0
 ACCEPT_BACKLOG = 100
 ACCEPT_RETRY_DELAY = 1.0
+REFUSAL_LOG_INTERVAL = 60.0
 # Connections that have not yet shown a valid token, at most; further ones are closed at once. Never more
 # than a quarter of the descriptor limit, so the rest of the runtime keeps what it needs.
 MAX_UNAUTHENTICATED = 128
@@ -144,6 +145,8 @@ class StreamingServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._unauthenticated = 0
+        self._refused = 0
+        self._next_refusal_log = 0.0
         self.header_timeout = HEADER_TIMEOUT
         self.max_unauthenticated = MAX_UNAUTHENTICATED
         self.base_url = ""
@@ -246,6 +249,11 @@ class StreamingServer:
                 continue
             if self._unauthenticated >= self.max_unauthenticated:
                 conn.close()
+                self._refused += 1
+                if loop.time() >= self._next_refusal_log:  # visible, but a flood does not flood the log
+                    self._next_refusal_log = loop.time() + REFUSAL_LOG_INTERVAL
+                    log.warning("streaming connections closed: too many waiting for their request",
+                                extra={"limit": self.max_unauthenticated, "closed_so_far": self._refused})
                 continue
             self._unauthenticated += 1
             task = loop.create_task(self._handle(conn))

@@ -8,6 +8,7 @@ import selectors
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,7 @@ def test_an_idle_connection_flood_cannot_starve_the_server(
     server.start()
     assert server.open_files_limit() == (256, 256)
     flood = Flood(node, STREAM_PORT, 300)
+    flood_start = time.monotonic()
     flood.start()
     try:
         poll(lambda: flood.opened >= 300, timeout=30, what="the flood to open its connections")
@@ -275,6 +277,7 @@ def test_an_idle_connection_flood_cannot_starve_the_server(
     finally:
         flood.stopping.set()
         flood.join(30)
+    flood_minutes = (time.monotonic() - flood_start) / 60
     held = flood.held
     try:
         poll(lambda: all(_closed_by_peer(s) for s in held), timeout=HEADER_TIMEOUT + 10,
@@ -285,5 +288,8 @@ def test_an_idle_connection_flood_cannot_starve_the_server(
     url = server.runtime().Exec(api_pb2.ExecRequest(container_id=ctr, cmd=["echo", "-n", "streamed"],
                                                     stdout=True, stderr=True)).url
     assert stream_from_node(node, "exec", url) == {"stdout": "streamed", "stderr": "", "exit": 0}
-    assert "Too many open files" not in server.log()
+    log = server.log()
+    assert "Too many open files" not in log
+    warnings = log.count("streaming connections closed: too many waiting for their request")
+    assert 1 <= warnings <= 1 + flood_minutes, (warnings, flood.dropped)  # seen, but once a minute at most
 
