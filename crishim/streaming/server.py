@@ -243,7 +243,9 @@ class StreamingServer:
         while True:
             try:
                 conn, _ = await loop.sock_accept(listener)
-            except OSError as exc:  # out of descriptors after all: let others finish first
+            except ConnectionError:
+                continue  # the client gave up before we took its connection
+            except OSError as exc:  # out of descriptors or memory after all: let others finish first
                 log.warning("streaming server cannot accept", extra={"error": str(exc)})
                 await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 continue
