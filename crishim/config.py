@@ -61,6 +61,9 @@ class ImagesSection:
 class StreamingSection:
     address: str = "127.0.0.1"
     port: int = 0
+    # Seconds an established exec/attach/port-forward connection may pass without a frame either way
+    # before it is closed (containerd's stream_idle_timeout, 4h by default).
+    idle_timeout: float = 4 * 3600.0
 
 
 @dataclass
@@ -153,6 +156,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("images.pull_progress_timeout: must be positive")
     if not 0 <= cfg.streaming.port <= 65535:
         raise ConfigError("streaming.port: must be between 0 and 65535")
+    if cfg.streaming.idle_timeout <= 0:
+        raise ConfigError("streaming.idle_timeout: must be positive")
 
 
 def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Config:

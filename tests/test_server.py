@@ -40,6 +40,7 @@ def test_version_and_help() -> None:
     ('[streaming]\nport = 70000', "streaming.port"),
     ('[images]\npull_progress_timeout = 0', "images.pull_progress_timeout"),
     ('[images]\npull_progress_timeout = "5m"', "images.pull_progress_timeout"),
+    ('[streaming]\nidle_timeout = 0', "streaming.idle_timeout"),
     ('socket = "relative.sock"', "socket"),
     ('state_dir = "/var/lib/"', "state_dir"),
     ('run_dir = "/run"', "run_dir"),

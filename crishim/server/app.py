@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -76,9 +77,20 @@ def _use_pidfd_child_watcher() -> None:
         asyncio.set_child_watcher(watcher)
 
 
+def raise_nofile_limit() -> None:
+    """Soft open-files limit up to the hard one, as containerd's unit does with LimitNOFILE: pods, plugins,
+    conmon sockets and streams all hold descriptors, and the usual soft 1024 runs out long before the
+    hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("raised the open files limit", extra={"from": soft, "to": hard})
+
+
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     sock_path = Path(config.socket)
     lock = claim_socket(sock_path)
+    raise_nofile_limit()
     _use_pidfd_child_watcher()
     runtime = Runtime(config)
     await runtime.start()

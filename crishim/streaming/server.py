@@ -5,10 +5,10 @@ SPDY or WebSocket to run it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
+import resource
 import secrets
 import socket
 import time
@@ -27,6 +27,7 @@ from crishim.sandbox.model import Sandbox, SandboxState
 from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces, run_in_thread
 from crishim.streaming import portforward, protocol, spdy
 from crishim.streaming.channels import Channels, Options, SpdyChannels, WebSocketChannels
+from crishim.streaming.idle import IdleWatch
 from crishim.streaming.protocol import BadRequest, Request
 from crishim.streaming.stdio import AttachTarget, ExecTarget, pump
 from crishim.streaming.websocket import WebSocket, WebSocketTransport, accept_key
@@ -37,6 +38,15 @@ TOKEN_TTL = 60.0
 MAX_PENDING = 1000
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 15.0
+# Seconds a client gets to send its whole request head (Go's ReadHeaderTimeout): an idle or trickling
+# connection is dropped instead of holding a descriptor.
+HEADER_TIMEOUT = 5.0
+ACCEPT_BACKLOG = 100
+ACCEPT_RETRY_DELAY = 1.0
+REFUSAL_LOG_INTERVAL = 60.0
+# Connections that have not yet shown a valid token, at most; further ones are closed at once. Never more
+# than a quarter of the descriptor limit, so the rest of the runtime keeps what it needs.
+MAX_UNAUTHENTICATED = 128
 # client-go sends the terminal size right after connecting; starting the process with it avoids a
 # first command (a shell's prompt, `stty size`) seeing a 0x0 terminal.
 FIRST_SIZE_WAIT = 1.0
@@ -100,6 +110,13 @@ class TokenCache:
         self._items[token] = (now + self.ttl, request)
         return token
 
+    def peek(self, token: str) -> Pending | None:
+        """The request a live token stands for, leaving the token unspent."""
+        item = self._items.get(token)
+        if item is None or item[0] <= self.clock():
+            return None
+        return item[1]
+
     def take(self, token: str) -> Pending | None:
         item = self._items.pop(token, None)
         if item is None or item[0] <= self.clock():
@@ -123,35 +140,52 @@ class StreamingServer:
         self.containers = containers
         self.sandboxes = sandboxes
         self.tokens = TokenCache()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._unauthenticated = 0
+        self._refused = 0
+        self._next_refusal_log = 0.0
+        self.header_timeout = HEADER_TIMEOUT
+        self.max_unauthenticated = MAX_UNAUTHENTICATED
         self.base_url = ""
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.config.address, self.config.port,
-                                                  limit=protocol.MAX_HEAD)
-        port = self._server.sockets[0].getsockname()[1]
+        soft_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_nofile != resource.RLIM_INFINITY:
+            self.max_unauthenticated = min(self.max_unauthenticated, max(1, soft_nofile // 4))
+        self._listener = await asyncio.to_thread(_listen, self.config.address, self.config.port)
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept(self._listener))
+        port = self._listener.getsockname()[1]
         self.base_url = f"http://{_url_host(self.config.address)}:{port}"
         log.info("streaming server listening", extra={"url": self.base_url})
 
     async def close(self) -> None:
         """Stop listening and end every live stream (exec'd processes are killed)."""
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         # Dropping the connections makes every handler see its client gone and clean up after itself.
         for writer in self._connections.values():
             writer.transport.abort()
-        tasks = list(self._connections)
+        tasks = list(self._handlers)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served, from accept to the end of their session."""
+        return len(self._handlers)
 
     # ---- the RPC side --------------------------------------------------------------------------
 
@@ -201,57 +235,120 @@ class StreamingServer:
 
     # ---- the HTTP side -------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept one connection at a time and count it before the next, so that no more than
+        max_unauthenticated ever wait for their request: a flood of idle connections is closed as it
+        comes instead of using up the descriptors the rest of crishim needs."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except ConnectionError:
+                continue  # the client gave up before we took its connection
+            except OSError as exc:  # out of descriptors or memory after all: let others finish first
+                log.warning("streaming server cannot accept", extra={"error": str(exc)})
+                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            if self._unauthenticated >= self.max_unauthenticated:
+                conn.close()
+                self._refused += 1
+                if loop.time() >= self._next_refusal_log:  # visible, but a flood does not flood the log
+                    self._next_refusal_log = loop.time() + REFUSAL_LOG_INTERVAL
+                    log.warning("streaming connections closed: too many waiting for their request",
+                                extra={"limit": self.max_unauthenticated, "closed_so_far": self._refused})
+                continue
+            self._unauthenticated += 1
+            task = loop.create_task(self._handle(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        """One connection; it counts as unauthenticated until its request has been checked."""
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
+        writer: asyncio.StreamWriter | None = None
         try:
-            await self._serve_http(reader, writer)
+            try:
+                async with asyncio.timeout(self.header_timeout):
+                    reader, writer = await asyncio.open_connection(sock=conn, limit=protocol.MAX_HEAD)
+                    self._connections[task] = writer
+                    accepted = await self._authenticate(reader, writer)
+            except TimeoutError:
+                return  # a slow or idle client is dropped without an answer, as Go's ReadHeaderTimeout
+            finally:
+                self._unauthenticated -= 1
+            if accepted is not None:
+                await self._serve_session(reader, writer, *accepted)
         except (EOFError, ConnectionError):
             pass
-        except BadRequest as exc:
-            writer.write(protocol.error_response(exc))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
         except Exception:
             log.exception("streaming connection failed")
         finally:
             self._connections.pop(task, None)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
 
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        req = await protocol.read_request(reader)
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                            ) -> tuple[Pending, Upgrade] | None:
+        """Read and check the request, then spend its token; None once a refusal has been answered.
+
+        Everything that can refuse the request runs before the token is taken (and with no await in
+        between), so a malformed request leaves the token to the real session.
+        """
+        try:
+            req = await protocol.read_request(reader)
+            token, pending = self._pending(req)
+            upgrade = _upgrade(req, pending)
+        except BadRequest as exc:
+            writer.write(protocol.error_response(exc))
+            await writer.drain()
+            return None
+        self.tokens.take(token)
+        return pending, upgrade
+
+    def _pending(self, req: Request) -> tuple[str, Pending]:
+        """The request's token and what it stands for, checked without spending the token."""
         parts = req.path.strip("/").split("/")
         if req.method != "GET" and req.method != "POST":
             raise BadRequest(405, f"method {req.method} not allowed")
         if len(parts) != 2 or parts[0] not in KIND.values():
             raise BadRequest(404, f"no such endpoint {req.path}")
-        pending = self.tokens.take(parts[1])
+        pending = self.tokens.peek(parts[1])
         if pending is None or KIND[type(pending)] != parts[0]:
             raise BadRequest(404, "unknown or expired streaming token; call the RPC again")
         if isinstance(pending, PortForwardRequest):
-            await self._port_forward(req, reader, writer, pending)
-        else:
-            await self._remotecommand(req, reader, writer, pending)
+            sandbox = self.sandboxes.get(pending.sandbox_id)
+            if sandbox is None or sandbox.state != SandboxState.READY:
+                raise BadRequest(404, f"pod sandbox {pending.sandbox_id} is gone or not ready")
+        return parts[1], pending
 
-    async def _remotecommand(self, req: Request, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter, pending: ExecRequest | AttachRequest) -> None:
-        channels: Channels
-        if _is_websocket(req):
-            version = protocol.negotiate(req.tokens("sec-websocket-protocol"), protocol.WS_REMOTECOMMAND,
-                                         "Sec-WebSocket-Protocol")
-            _accept_websocket(req, writer, version)
+    async def _serve_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             pending: Pending, upgrade: Upgrade) -> None:
+        idle = IdleWatch(self.config.idle_timeout, writer.transport.abort)
+        try:
+            writer.write(upgrade.response)
             await writer.drain()
-            ws_channels = WebSocketChannels(WebSocket(reader, writer), version, pending.options)
+            if isinstance(pending, PortForwardRequest):
+                await self._port_forward(upgrade, reader, writer, pending, idle)
+            else:
+                await self._remotecommand(upgrade, reader, writer, pending, idle)
+        finally:
+            idle.stop()
+
+    async def _remotecommand(self, upgrade: Upgrade, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter, pending: ExecRequest | AttachRequest,
+                             idle: IdleWatch) -> None:
+        channels: Channels
+        if upgrade.websocket:
+            ws_channels = WebSocketChannels(WebSocket(reader, writer, on_traffic=idle.touch),
+                                            upgrade.version, pending.options)
             await ws_channels.start()
             channels = ws_channels
         else:
-            offered = req.tokens(protocol.PROTOCOL_HEADER)
-            version = protocol.negotiate(offered, protocol.SPDY_REMOTECOMMAND, "X-Accepted-Stream-"
-                                         "Protocol-Versions") if offered else protocol.V1
-            _accept_spdy(req, writer, version if offered else "")
-            session = spdy.Session(spdy.StreamTransport(reader, writer), server=True)
-            spdy_channels = SpdyChannels(session, version, pending.options)
+            session = spdy.Session(spdy.StreamTransport(reader, writer, on_traffic=idle.touch), server=True)
+            spdy_channels = SpdyChannels(session, upgrade.version or protocol.V1, pending.options)
             session.on_stream = spdy_channels.on_stream
             session.start()
             if not await spdy_channels.wait_streams():
@@ -295,24 +392,17 @@ class StreamingServer:
         return ExecTarget(handler.argv(), c.id, exec_process(config["process"], pending.cmd), work,
                           opts.stdin, opts.stdout, opts.stderr, opts.tty)
 
-    async def _port_forward(self, req: Request, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter, pending: PortForwardRequest) -> None:
+    async def _port_forward(self, upgrade: Upgrade, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, pending: PortForwardRequest, idle: IdleWatch
+                            ) -> None:
         sandbox = self.sandboxes.get(pending.sandbox_id)
-        if sandbox is None or sandbox.state != SandboxState.READY:
-            raise BadRequest(404, f"pod sandbox {pending.sandbox_id} is gone or not ready")
+        if sandbox is None:
+            return  # removed since its request was checked
         transport: spdy.Transport
-        if _is_websocket(req):
-            protocol.negotiate(req.tokens("sec-websocket-protocol"), (protocol.WS_PORT_FORWARD,),
-                               "Sec-WebSocket-Protocol")
-            _accept_websocket(req, writer, protocol.WS_PORT_FORWARD)
-            transport = WebSocketTransport(WebSocket(reader, writer))
+        if upgrade.websocket:
+            transport = WebSocketTransport(WebSocket(reader, writer, on_traffic=idle.touch))
         else:
-            offered = req.tokens(protocol.PROTOCOL_HEADER)
-            if offered:
-                protocol.negotiate(offered, (protocol.PORT_FORWARD,), "X-Accepted-Stream-Protocol-Versions")
-            _accept_spdy(req, writer, protocol.PORT_FORWARD if offered else "")
-            transport = spdy.StreamTransport(reader, writer)
-        await writer.drain()
+            transport = spdy.StreamTransport(reader, writer, on_traffic=idle.touch)
         forwarder = portforward.PortForwarder(_connector(sandbox), sandbox.id, pending.ports)
         await portforward.serve(spdy.Session(transport, server=True), forwarder)
 
@@ -332,22 +422,47 @@ def _is_websocket(req: Request) -> bool:
     return "websocket" in [t.lower() for t in req.tokens("upgrade")]
 
 
-def _accept_websocket(req: Request, writer: asyncio.StreamWriter, subprotocol: str) -> None:
-    key = req.header("sec-websocket-key")
-    if not key or req.header("sec-websocket-version") != "13":
-        raise BadRequest(400, "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13")
-    writer.write(protocol.response(101, "Switching Protocols", {
-        "Upgrade": ["websocket"], "Connection": ["Upgrade"],
-        "Sec-WebSocket-Accept": [accept_key(key)], "Sec-WebSocket-Protocol": [subprotocol]}))
+@dataclass(frozen=True)
+class Upgrade:
+    """How a checked request is to be served: the transport, the agreed subprotocol ("" when a SPDY
+    client offered none) and the 101 answer that starts it."""
+
+    websocket: bool
+    version: str
+    response: bytes
 
 
-def _accept_spdy(req: Request, writer: asyncio.StreamWriter, version: str) -> None:
+def _upgrade(req: Request, pending: Pending) -> Upgrade:
+    """Check the upgrade a request asks for against what its endpoint speaks; BadRequest if it cannot be
+    served."""
+    forward = isinstance(pending, PortForwardRequest)
+    if _is_websocket(req):
+        version = protocol.negotiate(req.tokens("sec-websocket-protocol"),
+                                     (protocol.WS_PORT_FORWARD,) if forward else protocol.WS_REMOTECOMMAND,
+                                     "Sec-WebSocket-Protocol")
+        key = req.header("sec-websocket-key")
+        if not key or req.header("sec-websocket-version") != "13":
+            raise BadRequest(400, "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13")
+        return Upgrade(True, version, protocol.response(101, "Switching Protocols", {
+            "Upgrade": ["websocket"], "Connection": ["Upgrade"],
+            "Sec-WebSocket-Accept": [accept_key(key)], "Sec-WebSocket-Protocol": [version]}))
     if "spdy/3.1" not in [t.lower() for t in req.tokens("upgrade")]:
         raise BadRequest(400, "this endpoint needs an upgrade to SPDY/3.1 or websocket")
+    offered = req.tokens(protocol.PROTOCOL_HEADER)
+    supported = (protocol.PORT_FORWARD,) if forward else protocol.SPDY_REMOTECOMMAND
+    version = protocol.negotiate(offered, supported, "X-Accepted-Stream-Protocol-Versions") if offered else ""
     headers = {"Connection": ["Upgrade"], "Upgrade": ["SPDY/3.1"]}
     if version:
         headers["X-Stream-Protocol-Version"] = [version]
-    writer.write(protocol.response(101, "Switching Protocols", headers))
+    return Upgrade(False, version, protocol.response(101, "Switching Protocols", headers))
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    """The listening socket (blocking: the address may be a name to resolve)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.create_server((address, port), family=family, backlog=ACCEPT_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 def _connect_in_netns(netns: str, port: int) -> socket.socket:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from crishim.streaming.idle import no_traffic_hook
+
 VERSION = 3
 
 SYN_STREAM = 1
@@ -243,18 +245,23 @@ class Transport(Protocol):
 class StreamTransport:
     """Transport over asyncio streams."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 on_traffic: Callable[[], None] = no_traffic_hook) -> None:
         self.reader = reader
         self.writer = writer
+        self.on_traffic = on_traffic
 
     async def read_exactly(self, n: int) -> bytes:
         try:
-            return await self.reader.readexactly(n)
+            data = await self.reader.readexactly(n)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise EOFError from exc
+        self.on_traffic()
+        return data
 
     def write(self, data: bytes) -> None:
         if not self.writer.is_closing():
+            self.on_traffic()
             self.writer.write(data)
 
     async def drain(self) -> None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 32 * 1024
 EOT = b"\x04"
+ABANDON_WAIT = 10.0
+PID_POLL = 0.02
 ATTACH_PIPE_STDOUT = 2
 ATTACH_PIPE_STDERR = 3
 ATTACH_READ = 8192 + 1
@@ -285,17 +287,28 @@ class ExecTarget:
         return protocol.exit_code_status(code, " ".join(self.process.get("args", [])))
 
     async def abandon(self) -> None:
-        """SIGKILL the exec'd process (the runtime then exits with it), or the runtime if it has none yet."""
-        pid = await asyncio.to_thread(self._read_pid)
+        """SIGKILL the exec'd process; the runtime then exits with it.
+
+        The runtime writes the pid file only once the process runs, so a client that leaves at once may
+        find none yet: look again until it shows or the runtime exits. Killing the runtime instead would
+        leave the process running in the container; that is only the last resort after ABANDON_WAIT.
+        """
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ABANDON_WAIT
+        exited = asyncio.ensure_future(self.proc.wait())
+        pid = 0
+        while not exited.done() and loop.time() < deadline:
+            if pid := await asyncio.to_thread(self._read_pid):
+                break
+            await asyncio.wait({exited}, timeout=PID_POLL)
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await asyncio.wait({exited}, timeout=max(0.0, deadline - loop.time()))
+        if not exited.done():
+            self.proc.kill()
+        await exited
 
     def _read_pid(self) -> int:
         try:

@@ -11,6 +11,9 @@ import contextlib
 import hashlib
 import os
 import struct
+from collections.abc import Callable
+
+from crishim.streaming.idle import no_traffic_hook
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -68,10 +71,11 @@ class WebSocket:
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 client: bool = False) -> None:
+                 client: bool = False, on_traffic: Callable[[], None] = no_traffic_hook) -> None:
         self.reader = reader
         self.writer = writer
         self.client = client
+        self.on_traffic = on_traffic
         self.close_sent = False
         self.close_code: int | None = None
 
@@ -92,6 +96,7 @@ class WebSocket:
             raise WebSocketError(f"frame of {size} bytes exceeds the {MAX_MESSAGE}-byte limit")
         key = await self.reader.readexactly(4) if masked else b""
         payload = await self.reader.readexactly(size) if size else b""
+        self.on_traffic()
         return fin, opcode, apply_mask(payload, key) if masked else payload
 
     async def receive(self) -> tuple[int, bytes] | None:
@@ -134,6 +139,7 @@ class WebSocket:
 
     def _send(self, opcode: int, payload: bytes) -> None:
         if not self.writer.is_closing():
+            self.on_traffic()
             self.writer.write(encode_frame(opcode, payload, mask=self.client))
 
     async def send(self, payload: bytes, opcode: int = OP_BINARY) -> None:

@@ -78,7 +78,9 @@ def test_crash_mid_run_is_cleaned_up_by_restart(node: TestNode,
     fake.flag("add-hangs")
     pending = server.runtime().RunPodSandbox.future(
         api_pb2.RunPodSandboxRequest(config=pod_config("interrupted")))
-    poll(fake.pid_file.exists, what="the hanging plugin to start")
+    # The shell creates the pid file before it writes the pid: wait for the content.
+    poll(lambda: fake.pid_file.exists() and fake.pid_file.read_text().strip(),
+         what="the hanging plugin to start")
     assert len(node_leftovers(node, server)["leases"]) == 1
     server.kill9()
     with contextlib.suppress(ProcessLookupError):

@@ -39,11 +39,12 @@ class HTTPAnswer:
     body: bytes = b""
 
 
-async def _request(url: str, headers: dict[str, list[str]]
-                   ) -> tuple[HTTPAnswer, asyncio.StreamReader, asyncio.StreamWriter]:
+async def http_request(url: str, headers: dict[str, list[str]], method: str = "GET"
+                       ) -> tuple[HTTPAnswer, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send one request; the connection stays open only after a 101."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    lines = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{k}: {v}" for k, values in headers.items() for v in values]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -61,7 +62,7 @@ async def _request(url: str, headers: dict[str, list[str]]
 
 
 async def spdy_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, spdy.Session | None]:
-    answer, reader, writer = await _request(url, {
+    answer, reader, writer = await http_request(url, {
         "Connection": ["Upgrade"], "Upgrade": ["SPDY/3.1"], "X-Stream-Protocol-Version": protocols})
     if answer.status != 101:
         return answer, None
@@ -72,7 +73,7 @@ async def spdy_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, spdy
 
 async def ws_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, WebSocket | None]:
     key = base64.b64encode(os.urandom(16)).decode()
-    answer, reader, writer = await _request(url, {
+    answer, reader, writer = await http_request(url, {
         "Connection": ["Upgrade"], "Upgrade": ["websocket"], "Sec-WebSocket-Key": [key],
         "Sec-WebSocket-Version": ["13"], "Sec-WebSocket-Protocol": [", ".join(protocols)]})
     if answer.status != 101:
@@ -80,7 +81,7 @@ async def ws_connect(url: str, protocols: list[str]) -> tuple[HTTPAnswer, WebSoc
     return answer, WebSocket(reader, writer, client=True)
 
 
-async def _read_all(stream: spdy.Stream | None) -> bytes:
+async def read_all(stream: spdy.Stream | None) -> bytes:
     out = b""
     while stream is not None and (chunk := await stream.read()):
         out += chunk
@@ -113,8 +114,8 @@ async def spdy_remotecommand(url: str, *, stdin: bytes | None = None, stdout: bo
                 await streams["stdin"].write(stdin)
             if not keep_stdin_open:
                 await streams["stdin"].close()
-        out, err, status = await asyncio.gather(_read_all(streams.get("stdout")),
-                                                _read_all(streams.get("stderr")), _read_all(error))
+        out, err, status = await asyncio.gather(read_all(streams.get("stdout")),
+                                                read_all(streams.get("stderr")), read_all(error))
         return Result(out, err, status)
     finally:
         await session.close()
@@ -158,7 +159,7 @@ async def spdy_port_forward(session: spdy.Session, port: int, request_id: int, p
     data = await session.open_stream({"streamType": "data", **headers})
     if payload:
         await data.write(payload)
-    received, error_text = await asyncio.gather(_read_all(data), _read_all(error))
+    received, error_text = await asyncio.gather(read_all(data), read_all(error))
     with contextlib.suppress(EOFError):
         await data.close()
     return received, error_text

@@ -6,6 +6,9 @@ is kept short because conmon's attach sockets live under it (sun_path is 108 byt
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -69,3 +72,21 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path, busybox_rootfs: 
     finally:
         await manager.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def pids_running(marker: bytes) -> list[int]:
+    """Processes whose command line is exactly `marker` (NUL-separated arguments); zombies have none."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/cmdline").read_bytes() == marker:
+                    pids.append(int(entry))
+    return pids
+
+
+def displayed(tty_output: bytes) -> str:
+    """Terminal output as a terminal shows it. runc (`exec -t` in the foreground) clears ONLCR on the
+    container's terminal only once it has received it, while the process may already be writing: a line
+    written before then is translated twice and arrives as `\\r\\r\\n`, which displays as `\\r\\n`."""
+    return re.sub(rb"\r+\n", b"\r\n", tty_output).decode()

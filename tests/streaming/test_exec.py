@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-from pathlib import Path
+import re
 from typing import Any
 
 import pytest
@@ -18,8 +16,8 @@ from crishim.server.container_exec import ContainerExecMixin
 from crishim.server.sandbox_portforward import SandboxPortForwardMixin
 from crishim.streaming.server import StreamingServer
 from tests.container.ctrutil import wait_until
-from tests.streaming.client import spdy_connect, spdy_remotecommand, ws_connect, ws_remotecommand
-from tests.streaming.conftest import Stack
+from tests.streaming.client import read_all, spdy_connect, spdy_remotecommand, ws_connect, ws_remotecommand
+from tests.streaming.conftest import Stack, displayed, pids_running
 
 pytestmark = pytest.mark.root
 
@@ -62,7 +60,7 @@ async def test_exec_tty_echo_and_resize(stack: Stack) -> None:
     url = stack.server.exec_url(c.id, ["sh", "-c", "read line; echo got:$line; stty size"], stdin=True,
                                 stdout=True, stderr=False, tty=True)
     result = await spdy_remotecommand(url, stdin=b"hi\r", tty=True, size=(123, 45))
-    text = result.stdout.decode()
+    text = displayed(result.stdout)
     assert "hi\r\n" in text  # echoed by the terminal
     assert "got:hi\r\n" in text
     assert "45 123\r\n" in text
@@ -84,7 +82,10 @@ async def test_websocket_tty_resize(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
     url = stack.server.exec_url(c.id, ["stty", "size"], stdin=False, stdout=True, stderr=False, tty=True)
     result = await ws_remotecommand(url, size=(90, 30))
-    assert result.stdout == b"30 90\r\n"
+    assert displayed(result.stdout) == "30 90\r\n"
+
+
+STTY_SIZE = re.compile(rb"(?m)^(\d+ \d+)\r")
 
 
 async def test_resize_reaches_a_running_process(stack: Stack) -> None:
@@ -99,16 +100,26 @@ async def test_resize_reaches_a_running_process(stack: Stack) -> None:
         resize = await session.open_stream({"streamType": "resize"})
         await resize.write(b'{"Width":80,"Height":24}')
         await resize.write(b'{"Width":132,"Height":50}')
-        seen = b""
-        deadline = asyncio.get_running_loop().time() + 20
-        while b"50 132" not in seen:  # SIGWINCH is asynchronous: ask until the new size shows
-            assert asyncio.get_running_loop().time() < deadline, seen
-            await stdin.write(b"stty size\r")
-            seen += await asyncio.wait_for(stdout.read(), 20)
+        seen = bytearray()
+
+        async def collect() -> None:  # all along, as client-go does: a client that stops reading one
+            while chunk := await stdout.read():  # stream stalls the whole session
+                seen.extend(chunk)
+
+        collector = asyncio.create_task(collect())
+        answers: list[bytes] = []
+
+        def answered() -> bool:
+            return len(STTY_SIZE.findall(seen)) > len(answers)
+
+        while answers[-1:] != [b"50 132"]:  # SIGWINCH is asynchronous: ask until the new size shows
+            assert len(answers) < 100, answers
+            await stdin.write(b"stty size\r")  # one question at a time: the answers cannot pile up
+            await wait_until(answered, within=20, what="stty's answer")
+            answers[:] = STTY_SIZE.findall(seen)
         await stdin.write(b"exit 4\r")
-        status = b""
-        while chunk := await error.read():
-            status += chunk
+        status = await asyncio.wait_for(read_all(error), 20)
+        await asyncio.wait_for(collector, 20)
         assert json.loads(status)["details"]["causes"][0]["message"] == "4"
     finally:
         await session.close()
@@ -135,8 +146,7 @@ async def test_bad_and_reused_tokens_are_404(stack: Stack) -> None:
     assert session is None and answer.status == 404
     url = stack.server.exec_url(c.id, ["true"], stdin=False, stdout=True, stderr=False, tty=False)
     answer, session = await spdy_connect(url.replace("/exec/", "/attach/"), ["v4.channel.k8s.io"])
-    assert session is None and answer.status == 404  # the token is for another endpoint, and now spent
-    url = stack.server.exec_url(c.id, ["true"], stdin=False, stdout=True, stderr=False, tty=False)
+    assert session is None and answer.status == 404  # the token is for another endpoint
     assert (await spdy_remotecommand(url)).exit_code == 0
     answer, session = await spdy_connect(url, ["v4.channel.k8s.io"])
     assert session is None and answer.status == 404
@@ -152,16 +162,6 @@ async def test_unsupported_protocol_is_refused(stack: Stack) -> None:
     assert "v4.channel.k8s.io" in answer.headers["x-accepted-stream-protocol-versions"]
 
 
-def _pids_running(marker: bytes) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{entry}/cmdline").read_bytes() == marker:
-                    pids.append(int(entry))
-    return pids
-
-
 @BOTH_RUNTIMES
 async def test_client_disconnect_kills_the_process(stack: Stack) -> None:
     c = await stack.run("main", "sleep 3600")
@@ -172,9 +172,27 @@ async def test_client_disconnect_kills_the_process(stack: Stack) -> None:
     assert session is not None
     await session.open_stream({"streamType": "error"})
     await session.open_stream({"streamType": "stdout"})
-    await wait_until(lambda: _pids_running(marker), what="the exec'd sleep to start")
+    await wait_until(lambda: pids_running(marker), what="the exec'd sleep to start")
     await session.close()
-    await wait_until(lambda: not _pids_running(marker), what="the exec'd sleep to be killed")
+    await wait_until(lambda: not pids_running(marker), what="the exec'd sleep to be killed")
+
+
+@BOTH_RUNTIMES
+async def test_client_leaving_before_the_process_starts_still_kills_it(stack: Stack) -> None:
+    """The runtime writes the pid file only once the process runs: a client gone before then must not
+    leave the process behind in the container."""
+    c = await stack.run("main", "sleep 3600")
+    marker = b"sleep\x004245\x00"
+    url = stack.server.exec_url(c.id, ["sleep", "4245"], stdin=False, stdout=True, stderr=False,
+                                tty=False)
+    _, session = await spdy_connect(url, ["v4.channel.k8s.io"])
+    assert session is not None
+    await session.open_stream({"streamType": "error"})
+    await session.open_stream({"streamType": "stdout"})
+    await session.close()
+    await wait_until(lambda: stack.server.connection_count == 0, within=20,
+                     what="the streaming server to finish with the connection")
+    assert not pids_running(marker)
 
 
 async def test_twenty_concurrent_execs(stack: Stack) -> None:

@@ -261,11 +261,12 @@ def test_tokens_are_single_use_and_expire() -> None:
     cache = TokenCache(ttl=60, clock=lambda: now[0])
     req = ExecRequest("c", ["sh"], Options(False, True, False, False))
     token = cache.put(req)
+    assert cache.peek(token) is req and cache.peek(token) is req  # looking does not spend it
     assert cache.take(token) is req
-    assert cache.take(token) is None
+    assert cache.take(token) is None and cache.peek(token) is None
     token = cache.put(req)
     now[0] = 61
-    assert cache.take(token) is None
+    assert cache.peek(token) is None and cache.take(token) is None
 
 
 def test_url_hosts() -> None:
