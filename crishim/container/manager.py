@@ -477,9 +477,13 @@ class ContainerManager:
         try:
             await handler.kill(c.id, signal)
         except OCIRuntimeError as exc:
-            # It may have exited in between; anything else is a real failure.
-            await self._refresh(c)
-            if c.state in (ContainerState.RUNNING, ContainerState.CREATED):
+            # It may have exited in between: the runtime sees it gone a moment before conmon records
+            # the exit, so a container the runtime calls stopped waits for that record.
+            state: dict[str, Any] | None = {}
+            with contextlib.suppress(OCIRuntimeError):
+                state = await handler.state(c.id)
+            gone = state is None or state.get("status") == "stopped"
+            if not await self._wait_exit(c, KILL_WAIT if gone else 0):
                 raise FailedPrecondition(f"cannot signal container {c.id}: {exc}") from exc
 
     async def _wait_exit(self, c: Container, within: float) -> bool:

@@ -117,6 +117,35 @@ async def test_stop_grace_then_kill(env: Env, any_pod: Pod) -> None:
     await mgr.stop("0" * 64, 1)  # unknown: nothing to stop
 
 
+async def test_stop_as_the_container_exits_by_itself(env: Env, any_pod: Pod) -> None:
+    """kubelet may stop a container in the moment it exits: the runtime already calls it "not running"
+    while conmon has yet to record the exit. The stop waits for that record and succeeds. conmon is
+    held (SIGSTOP) to keep that moment open."""
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, any_pod, "brief", "read line; exit 4", stdin=True)
+    c = await mgr.status(cid)
+    os.kill(c.conmon_pid, signal.SIGSTOP)
+    try:
+        os.kill(c.pid, signal.SIGKILL)  # as if it ended by itself; conmon cannot record it yet
+        handler = mgr.runtimes[c.runtime_handler]
+
+        async def stopped() -> bool:
+            state = await handler.state(cid)
+            return state is not None and state.get("status") == "stopped"
+
+        await wait_until(stopped, what="the runtime to see the container gone")
+        stop = asyncio.create_task(mgr.stop(cid, 10))
+        await asyncio.sleep(0.3)  # let the stop meet the "not running" answer before conmon records it
+        assert not stop.done(), stop
+    finally:
+        os.kill(c.conmon_pid, signal.SIGCONT)
+    await asyncio.wait_for(stop, 30)
+    st = await mgr.status(cid)
+    assert (st.state, st.exit_code) == (ContainerState.EXITED, 137)
+    await mgr.remove(cid)
+
+
 async def test_exec_sync(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
