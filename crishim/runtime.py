@@ -45,7 +45,7 @@ class Runtime:
         self.containers = ContainerManager(
             root=Path(config.state_dir) / "containers", run_dir=containers_run, runtimes=runtimes,
             conmon_path=config.runtime.conmon_path, rootfs=self.images,
-            default_handler=config.runtime.default_handler)
+            default_handler=config.runtime.default_handler, idmap_root=Path(config.run_dir) / "idmap")
         self.sandboxes.containers = self.containers
         self.images.set_in_use_checker(self.containers.image_in_use)
         self.stats = StatsCollector(self.containers)

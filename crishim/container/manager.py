@@ -55,7 +55,7 @@ from crishim.errors import (
     NotFound,
 )
 from crishim.sandbox.model import NamespaceMode, Sandbox
-from crishim.store import read_json, write_json_atomic
+from crishim.store import RUN_DIR, private_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,14 @@ class ContainerManager:
     def __init__(self, root: Path, run_dir: Path, runtimes: dict[str, RuntimeHandler],
                  conmon_path: str, rootfs: RootfsProvider, default_handler: str = "runc",
                  exec_output_limit: int = EXEC_OUTPUT_LIMIT,
-                 infra_binary: str = "/bin/busybox") -> None:
+                 infra_binary: str = "/bin/busybox", idmap_root: Path | None = None) -> None:
         if default_handler not in runtimes:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
         self.root = root
         self.run_dir = run_dir
+        # Where user-namespaced containers get their idmapped root filesystems: outside the private
+        # run_dir, since the mapped root must walk down to them (searchable, not listable).
+        self.idmap_root = idmap_root or run_dir / "idmap"
         self.runtimes = runtimes
         self.default_handler = default_handler
         self.conmon = Conmon(conmon_path, str(run_dir / "sock"))
@@ -169,14 +172,15 @@ class ContainerManager:
     def _dirs(self) -> None:
         for d in (self.root, self.exit_dir, self.exec_dir, Path(self.conmon.socket_dir)):
             d.mkdir(parents=True, exist_ok=True)
+        private_dir(self.idmap_root, RUN_DIR)
         for handler in self.runtimes.values():
             handler.install()
 
     def _userns_blocker(self) -> str:
         """Why pods cannot get user namespaces here ("" if they can): the kernel must idmap the
-        filesystem of container dirs, and the mapped root must be able to walk down to the run dir,
+        filesystem of container dirs, and the mapped root must be able to walk down to the idmap root,
         where each such container's rootfs is mounted (userns.idmapped_layers)."""
-        for directory in (self.run_dir, *self.run_dir.parents):
+        for directory in (self.idmap_root.parent, *self.idmap_root.parents):
             if not os.stat(directory).st_mode & 0o001:
                 return (f"{directory} is not searchable by other users: a container's mapped root "
                         "could not reach its rootfs below it")
@@ -187,7 +191,7 @@ class ContainerManager:
         return self.features.get(handler or self.default_handler, HandlerFeatures()).user_namespaces
 
     def _idmap_dir(self, cid: str) -> Path:
-        return self.run_dir / "idmap" / cid
+        return self.idmap_root / cid
 
     def _notify(self, c: Container, change: str) -> None:
         if self.on_change is not None and not c.infra:
