@@ -161,9 +161,9 @@ class Kubelet:
                 "state file": (self.run_dir / f"{namespace}_{name}.json").exists()}
 
     def assert_gone(self, uid: str, name: str, namespace: str = "default") -> None:
-        assert self.leftovers(uid, namespace, name) == {
-            "sandboxes": [], "containers": [], "netns": [], "log dir": False, "pod dir": False, "cgroups": [],
-            "state file": False}
+        left = self.leftovers(uid, namespace, name)
+        assert left == {"sandboxes": [], "containers": [], "netns": [], "log dir": False, "pod dir": False,
+                        "cgroups": [], "state file": False}, left
 
     def close(self) -> None:
         """Teardown after a failed test: stop runners (they delete their pods), then the cgroup root."""

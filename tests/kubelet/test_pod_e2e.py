@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import signal
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +17,7 @@ import yaml
 from crishim.api.runtime.v1 import api_pb2
 from tests.harness import REPO, poll
 from tests.image_fixtures import TestImages
+from tests.kubelet.conftest import HTTP_GET
 from tests.kubelet.podrun import Kubelet
 
 pytestmark = pytest.mark.root
@@ -74,3 +80,163 @@ def test_example_pod_runs_and_deletes_cleanly(kubelet: Kubelet, test_images: Tes
     runner.wait_for("client: .*FailedPreStopHook|deleted")
     assert "FailedPreStopHook" not in runner.output()
     kubelet.assert_gone(uid, "two-containers")
+
+
+def started_at(runner: Any, container: str) -> list[tuple[int, float]]:
+    """(restart count, when the runner said so) for every start of `container`."""
+    pattern = rf" {container}: started \S+ \(restart (\d+)\)"
+    return [(int(m.group(1)), at) for at, m in runner.matching(pattern)]
+
+
+def test_crash_loop_restarts_with_backoff(kubelet: Kubelet, test_images: TestImages) -> None:
+    runner = kubelet.run(pod("crashy", test_images.busybox.ref,
+                             {"name": "crash", "image": "", "command": ["sh", "-c", "echo attempt; exit 3"]}))
+    uid = kubelet.uid(runner)
+    runner.wait_for(r"crash: started \S+ \(restart 4\)", timeout=30)
+    starts = started_at(runner, "crash")
+    assert [n for n, _ in starts] == [0, 1, 2, 3, 4]
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(starts)]
+    # kubelet's back-off (base 1 s here): the first restart is immediate, then 1 s, 2 s, 4 s after the
+    # previous instance finished; the 1 s relist adds at most a second.
+    assert gaps[0] < 2.5, gaps
+    for gap, backoff in zip(gaps[1:], (1, 2, 4), strict=True):
+        assert backoff <= gap < backoff + 2.5, gaps
+    assert runner.matching(r"crash: CrashLoopBackOff: back-off 4s")
+
+    def current() -> api_pb2.ContainerStatus | None:
+        newest = max(kubelet.containers(uid), key=lambda c: c.created_at)
+        return kubelet.container_status(newest.id) if newest.metadata.attempt == 4 else None
+
+    status = poll(current, what="the fifth instance")
+    assert status.annotations["io.kubernetes.container.restartCount"] == "4"
+    log_dir = kubelet.log_root / f"default_crashy_{uid}" / "crash"
+    assert status.log_path == str(log_dir / "4.log")
+    # Garbage collection keeps the newest dead instance (for --previous) and its log, nothing older.
+    poll(lambda: sorted(c.metadata.attempt for c in kubelet.containers(uid)) in ([3, 4], [4, 5]),
+         what="older instances to be collected")
+    assert {p.name for p in log_dir.iterdir()} <= {"3.log", "4.log", "5.log"}
+    assert kubelet.logs("crashy") == "attempt\n"
+    assert kubelet.logs("crashy", "--previous") == "attempt\n"
+    poll(lambda: kubelet.status("crashy")["containers"]["crash"]["restarts"] >= 4,
+         what="pod status to report the restarts")
+
+    runner.proc.send_signal(signal.SIGINT)  # Ctrl-C deletes the pod
+    assert runner.wait_exit() == 0
+    kubelet.assert_gone(uid, "crashy")
+
+
+def test_probes_liveness_timeout_restarts_and_readiness_follows(kubelet: Kubelet,
+                                                               test_images: TestImages) -> None:
+    live = {"name": "live", "image": "", "command": ["sleep", "3600"],
+            "livenessProbe": {"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1, "periodSeconds": 1,
+                              "failureThreshold": 2, "terminationGracePeriodSeconds": 1}}
+    ready = {"name": "ready", "image": "", "command": ["sleep", "3600"],
+             "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1,
+                                "failureThreshold": 1}}
+    runner = kubelet.run(pod("probed", test_images.busybox.ref, live, ready, terminationGracePeriodSeconds=2))
+    uid = kubelet.uid(runner)
+    runner.wait_for(r"pod Running, 1/2 ready")  # live has no readiness probe; ready's file is absent
+    first = runner.wait_for(r"live: started (\S+) \(restart 0\)").group(1)
+
+    # The exec probe times out twice in a row: liveness Failure, the container is killed and replaced.
+    runner.wait_for(r"live: liveness probe Failure: command .* timed out", timeout=20)
+    runner.wait_for(r"live: killing: Container live failed liveness probe, will be restarted")
+    runner.wait_for(r"live: started \S+ \(restart 1\)", timeout=20)
+    old = next(c for c in kubelet.containers(uid) if c.id.startswith(first))
+    assert old.state == api_pb2.CONTAINER_EXITED
+    # sleep is PID 1 and ignores TERM: KILL came after the probe's grace, raised to kubelet's 2 s minimum.
+    old_status = kubelet.container_status(old.id)
+    assert old_status.exit_code == 137
+    assert (old_status.finished_at - old_status.started_at) / 1e9 >= 2
+
+    # Readiness follows the probe both ways, and `pod status` reports it.
+    target = kubelet.running(uid, "ready")
+    assert target is not None
+    assert kubelet.status("probed")["containers"]["ready"]["ready"] is False
+    assert kubelet.exec(target.id, "touch", "/tmp/ready").exit_code == 0
+    runner.wait_for(r"ready: readiness probe Success")
+    poll(lambda: kubelet.status("probed")["containers"]["ready"]["ready"], what="ready in pod status")
+    assert kubelet.exec(target.id, "rm", "/tmp/ready").exit_code == 0
+    runner.wait_for(r"ready: readiness probe Failure")
+
+    assert kubelet.command("delete", "probed", "--grace-period", "0").returncode == 0
+    kubelet.assert_gone(uid, "probed")
+
+
+def test_delete_respects_grace_when_term_is_ignored(kubelet: Kubelet, test_images: TestImages,
+                                                    tmp_path: Path) -> None:
+    events = tmp_path / "events-dir"  # created by the runner: hostPath type DirectoryOrCreate
+    script = ('trap "echo got-TERM >> /host/events" TERM; echo started >> /host/events; '
+              "while true; do sleep 0.2; done")
+    stubborn = {"name": "stubborn", "image": "", "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /host/events"]}}}}
+    manifest = pod("stubborn", test_images.busybox.ref, stubborn, terminationGracePeriodSeconds=3,
+                   volumes=[{"name": "host", "hostPath": {"path": str(events), "type": "DirectoryOrCreate"}}])
+    runner = kubelet.run(manifest)
+    uid = kubelet.uid(runner)
+    runner.wait_for(r"stubborn: running")
+    poll(lambda: (events / "events").exists(), what="the container to start")
+
+    began = time.monotonic()
+    kubelet.command("delete", "stubborn")
+    took = time.monotonic() - began
+    # TERM was delivered after the preStop hook, handled and ignored: only the grace period's end
+    # (KILL) stopped the container.
+    assert (events / "events").read_text() == "started\nprestop\ngot-TERM\n"
+    assert 3 <= took < 8, took
+    assert runner.wait_exit() == 0
+    kubelet.assert_gone(uid, "stubborn")
+
+
+def test_host_network_host_port_dns_and_shared_pid(kubelet: Kubelet, test_images: TestImages) -> None:
+    serve = "mkdir -p /www && echo {} > /www/index.html && exec httpd -f -p {} -h /www"
+    hostnet = pod("hostnet", test_images.busybox.ref,
+                  {"name": "web", "image": "", "command": ["sh", "-c", serve.format("on-node", 18181)],
+                   "ports": [{"containerPort": 18181}]},
+                  hostNetwork=True, dnsPolicy="None",
+                  dnsConfig={"nameservers": ["10.0.0.53"], "searches": ["kube.test"],
+                             "options": [{"name": "ndots", "value": "2"}]})
+    shared = pod("shared", test_images.busybox.ref,
+                 {"name": "web", "image": "", "command": ["sh", "-c", serve.format("in-pod", 80)],
+                  "ports": [{"containerPort": 80, "hostPort": 18182}]},
+                 {"name": "side", "image": "", "command": ["sleep", "3600"]},
+                 hostname="front", subdomain="svc1", shareProcessNamespace=True)
+    runners = {"hostnet": kubelet.run(hostnet), "shared": kubelet.run(shared)}
+    uids = {name: kubelet.uid(r) for name, r in runners.items()}
+    for runner in runners.values():
+        runner.wait_for(r"pod Running, 2/2 ready|pod Running, 1/1 ready", timeout=30)
+
+    def http(url: str) -> str:
+        result = kubelet.node.sh(sys.executable, "-c", HTTP_GET, url, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    # hostNetwork: the node's port, the pod's own DNS (dnsPolicy None), the node's hosts file.
+    poll(lambda: http("http://127.0.0.1:18181/") == "on-node", what="httpd on the node's port")
+    web = kubelet.running(uids["hostnet"], "web")
+    assert web is not None
+    resolv = kubelet.exec(web.id, "cat", "/etc/resolv.conf").stdout.decode()
+    assert "nameserver 10.0.0.53" in resolv and "search kube.test" in resolv and "ndots:2" in resolv
+    hosts = kubelet.exec(web.id, "cat", "/etc/hosts").stdout.decode()
+    assert hosts.startswith("# Kubernetes-managed hosts file (host network).")
+
+    # A pod network pod: hostPort through portmap, hostname/subdomain in /etc/hosts, ClusterFirst
+    # without a cluster DNS falls back to the node's resolv.conf, one PID namespace for both containers.
+    side = kubelet.running(uids["shared"], "side")
+    assert side is not None
+    ip = kubelet.status("shared")["ip"]
+    poll(lambda: http(f"http://{ip.rsplit('.', 1)[0]}.1:18182/") == "in-pod", what="the hostPort")
+    assert kubelet.exec(side.id, "hostname").stdout == b"front\n"
+    hosts = kubelet.exec(side.id, "cat", "/etc/hosts").stdout.decode()
+    assert f"{ip}\tfront.svc1.default.svc.cluster.local\tfront" in hosts.splitlines()
+    resolv = kubelet.exec(side.id, "cat", "/etc/resolv.conf").stdout.decode()
+    assert "nameserver 10.1.2.3" in resolv and "search node.test" in resolv
+    processes = kubelet.exec(side.id, "ps", "-o", "args").stdout.decode()
+    assert "httpd -f -p 80 -h /www" in processes and "sleep 3600" in processes
+
+    for name, runner in runners.items():
+        kubelet.command("delete", name, "--grace-period", "1")
+        assert runner.wait_exit() == 0
+    for name in runners:
+        kubelet.assert_gone(uids[name], name)
+    assert http("http://127.0.0.1:18181/") == ""
