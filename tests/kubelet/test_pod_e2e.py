@@ -240,3 +240,30 @@ def test_host_network_host_port_dns_and_shared_pid(kubelet: Kubelet, test_images
     for name in runners:
         kubelet.assert_gone(uids[name], name)
     assert http("http://127.0.0.1:18181/") == ""
+
+
+def test_delete_without_runner_uses_the_cri_labels(kubelet: Kubelet, test_images: TestImages,
+                                                   tmp_path: Path) -> None:
+    """A runner killed outright leaves its pod running; `delete` finds it by kubelet's labels and kills it
+    with what the annotations kept: the preStop hook and the grace period."""
+    events = tmp_path / "orphan-events"
+    events.mkdir()
+    script = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
+    app = {"name": "app", "image": "", "command": ["sh", "-c", script],
+           "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+           "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /host/events"]}}}}
+    volume = {"name": "host", "hostPath": {"path": str(events), "type": "Directory"}}
+    runner = kubelet.run(pod("orphan", test_images.busybox.ref, app, terminationGracePeriodSeconds=7,
+                             volumes=[volume]))
+    uid = kubelet.uid(runner)
+    runner.wait_for(r"app: running")
+    runner.proc.kill()
+    runner.wait_exit()
+    assert [s.state for s in kubelet.sandboxes(uid)] == [api_pb2.SANDBOX_READY]
+
+    deleted = kubelet.command("delete", "orphan")
+    assert "deleting (grace 7s)" in deleted.stdout  # io.kubernetes.pod.terminationGracePeriod
+    assert (events / "events").read_text() == "prestop\n"  # io.kubernetes.container.preStopHandler
+    kubelet.assert_gone(uid, "orphan")
+    missing = kubelet.command("delete", "orphan", check=False)
+    assert missing.returncode == 1 and "pod default/orphan not found" in missing.stderr
