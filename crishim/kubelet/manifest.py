@@ -57,7 +57,8 @@ _DECIMAL_SUFFIX = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-
                    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
                    "P": Decimal("1e15"), "E": Decimal("1e18")}
 _BINARY_SUFFIX = {f"{s}i": Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")}
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[eE][+-]?[0-9]+)|[numkMGTPE]i?)?$")
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+                       r"((?:[eE][+-]?[0-9]+)|[KMGTPE]i|[numkMGTPE])?$")
 
 
 def parse_quantity(value: Any, path: str) -> Decimal:
