@@ -54,10 +54,6 @@ class PodSnapshot:
     def latest_exited(self, name: str) -> ContainerSnapshot | None:
         return next((c for c in self.containers if c.name == name and c.state == EXITED), None)
 
-    @property
-    def pod_ip(self) -> str:
-        return self.sandboxes[0].ip if self.sandboxes else ""
-
 
 @dataclass
 class PodActions:

@@ -79,6 +79,7 @@ class PodWorker:
         self.sandbox_cfg: api_pb2.PodSandboxConfig | None = None
         self.volume_paths: dict[str, str] | None = None
         self.hosts_file = ""
+        self.pod_ip = ""
         self.deletion_grace: int | None = None
         self._reported: dict[str, Any] = {}
         self._said: dict[str, str] = {}
@@ -117,9 +118,8 @@ class PodWorker:
                            self._probe_host, self._probe_changed).run()
 
     def _probe_host(self) -> str:
-        if self.pod.host_network:
-            return "127.0.0.1"
-        return self.status.pod_ip
+        """prober.go: the pod IP (the node's for hostNetwork pods, reached here on loopback)."""
+        return "127.0.0.1" if self.pod.host_network else self.pod_ip
 
     def _probe_changed(self, kind: str, container: str, detail: str) -> None:
         if detail:
@@ -173,7 +173,7 @@ class PodWorker:
             status = PodSnapshot(sandboxes=(), containers=status.containers)
         elif self.sandbox_cfg is None:
             self.sandbox_cfg = sandbox_config(self.pod, actions.attempt, self.node, self.annotations)
-            self.hosts_file = await self._write_hosts(sandbox_id)
+            await self._sandbox_ready(sandbox_id)
         if actions.next_init is not None:
             await self.start_container(actions.next_init, sandbox_id, status)
         for container in actions.to_start:
@@ -181,13 +181,16 @@ class PodWorker:
 
     # ---- sandbox ------------------------------------------------------------------------------------
 
-    async def _write_hosts(self, sandbox_id: str) -> str:
-        ips: list[str] = [self.node.node_ip or "127.0.0.1"]
-        if not self.pod.host_network:
-            status = (await self.cri.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
-                pod_sandbox_id=sandbox_id), timeout=REQUEST_TIMEOUT)).status
-            ips = [ip for ip in (status.network.ip, *(a.ip for a in status.network.additional_ips)) if ip]
-        return await asyncio.to_thread(nodefs.write_hosts_file, self.pod, self.node, ips)
+    async def _sandbox_ready(self, sandbox_id: str) -> None:
+        """PodSandboxStatus(id, verbose=false) for the pod IPs (the node's for hostNetwork), which the
+        containers' status.podIP and the managed /etc/hosts need."""
+        status = (await self.cri.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+            pod_sandbox_id=sandbox_id), timeout=REQUEST_TIMEOUT)).status
+        ips = [ip for ip in (status.network.ip, *(a.ip for a in status.network.additional_ips)) if ip]
+        if self.pod.host_network:
+            ips = [self.node.node_ip or "127.0.0.1"]
+        self.pod_ip = ips[0] if ips else ""
+        self.hosts_file = await asyncio.to_thread(nodefs.write_hosts_file, self.pod, self.node, ips)
 
     async def create_sandbox(self, attempt: int) -> str | None:
         """kuberuntime_sandbox.go createPodSandbox: log dir, RunPodSandbox, then PodSandboxStatus."""
@@ -201,7 +204,7 @@ class PodWorker:
             return None
         sandbox_id = str(response.pod_sandbox_id)
         self.sandbox_cfg = config
-        self.hosts_file = await self._write_hosts(sandbox_id)
+        await self._sandbox_ready(sandbox_id)
         self.announce(f"sandbox {sandbox_id[:13]} created (attempt {attempt})")
         return sandbox_id
 
@@ -273,7 +276,7 @@ class PodWorker:
         try:
             config = container_config(
                 self.pod, container, restart_count=restart, image_ref=image_ref,
-                image_user=await self.image_user(image_ref), node=self.node, pod_ip=self.status.pod_ip,
+                image_user=await self.image_user(image_ref), node=self.node, pod_ip=self.pod_ip,
                 mounts=container_mounts(container, self.volume_paths, self.hosts_file, termination))
         except ContainerConfigError as exc:
             self.say(f"config/{container.name}", f"{container.name}: CreateContainerConfigError: {exc}")
@@ -435,7 +438,7 @@ class PodWorker:
         ready = sum(1 for c in self.pod.containers if containers[c.name]["ready"])
         summary: dict[str, Any] = {
             "phase": pod_phase(self.pod, status) if status.sandboxes else "Pending",
-            "ready": f"{ready}/{len(self.pod.containers)}", "ip": status.pod_ip,
+            "ready": f"{ready}/{len(self.pod.containers)}", "ip": self.pod_ip if status.sandboxes else "",
             "sandbox": status.sandboxes[0].id if status.sandboxes else "", "containers": containers}
         for name, now in containers.items():
             if self._reported.get("containers", {}).get(name) != now:

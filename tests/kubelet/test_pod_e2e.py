@@ -131,9 +131,12 @@ def test_probes_liveness_timeout_restarts_and_readiness_follows(kubelet: Kubelet
             "livenessProbe": {"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1, "periodSeconds": 1,
                               "failureThreshold": 2, "terminationGracePeriodSeconds": 1}}
     ready = {"name": "ready", "image": "", "command": ["sleep", "3600"],
+             "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
              "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1,
                                 "failureThreshold": 1}}
-    runner = kubelet.run(pod("probed", test_images.busybox.ref, live, ready, terminationGracePeriodSeconds=2))
+    scratch = {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}}
+    runner = kubelet.run(pod("probed", test_images.busybox.ref, live, ready, terminationGracePeriodSeconds=2,
+                             volumes=[scratch]))
     uid = kubelet.uid(runner)
     runner.wait_for(r"pod Running, 1/2 ready")  # live has no readiness probe; ready's file is absent
     first = runner.wait_for(r"live: started (\S+) \(restart 0\)").group(1)
@@ -153,6 +156,8 @@ def test_probes_liveness_timeout_restarts_and_readiness_follows(kubelet: Kubelet
     target = kubelet.running(uid, "ready")
     assert target is not None
     assert kubelet.status("probed")["containers"]["ready"]["ready"] is False
+    mounts = kubelet.exec(target.id, "cat", "/proc/mounts").stdout.decode().splitlines()
+    assert any(m.split()[1:3] == ["/scratch", "tmpfs"] and "size=8192k" in m for m in mounts), mounts
     assert kubelet.exec(target.id, "touch", "/tmp/ready").exit_code == 0
     runner.wait_for(r"ready: readiness probe Success")
     poll(lambda: kubelet.status("probed")["containers"]["ready"]["ready"], what="ready in pod status")
@@ -197,10 +202,13 @@ def test_host_network_host_port_dns_and_shared_pid(kubelet: Kubelet, test_images
                   hostNetwork=True, dnsPolicy="None",
                   dnsConfig={"nameservers": ["10.0.0.53"], "searches": ["kube.test"],
                              "options": [{"name": "ndots", "value": "2"}]})
+    hook = {"postStart": {"exec": {"command": ["sh", "-c", "echo $POD_IP > /tmp/hook"]}}}
     shared = pod("shared", test_images.busybox.ref,
                  {"name": "web", "image": "", "command": ["sh", "-c", serve.format("in-pod", 80)],
                   "ports": [{"containerPort": 80, "hostPort": 18182}]},
-                 {"name": "side", "image": "", "command": ["sleep", "3600"]},
+                 {"name": "side", "image": "", "command": ["sleep", "3600"],
+                  "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                  "lifecycle": hook},
                  hostname="front", subdomain="svc1", shareProcessNamespace=True)
     runners = {"hostnet": kubelet.run(hostnet), "shared": kubelet.run(shared)}
     uids = {name: kubelet.uid(r) for name, r in runners.items()}
@@ -231,6 +239,7 @@ def test_host_network_host_port_dns_and_shared_pid(kubelet: Kubelet, test_images
     assert f"{ip}\tfront.svc1.default.svc.cluster.local\tfront" in hosts.splitlines()
     resolv = kubelet.exec(side.id, "cat", "/etc/resolv.conf").stdout.decode()
     assert "nameserver 10.1.2.3" in resolv and "search node.test" in resolv
+    assert kubelet.exec(side.id, "cat", "/tmp/hook").stdout.decode() == f"{ip}\n"  # postStart, status.podIP
     processes = kubelet.exec(side.id, "ps", "-o", "args").stdout.decode()
     assert "httpd -f -p 80 -h /www" in processes and "sleep 3600" in processes
 
@@ -261,7 +270,9 @@ def test_delete_without_runner_uses_the_cri_labels(kubelet: Kubelet, test_images
     runner.wait_exit()
     assert [s.state for s in kubelet.sandboxes(uid)] == [api_pb2.SANDBOX_READY]
 
+    began = time.monotonic()
     deleted = kubelet.command("delete", "orphan")
+    assert time.monotonic() - began < 5  # the container handles TERM: no waiting for the 7 s grace
     assert "deleting (grace 7s)" in deleted.stdout  # io.kubernetes.pod.terminationGracePeriod
     assert (events / "events").read_text() == "prestop\n"  # io.kubernetes.container.preStopHandler
     kubelet.assert_gone(uid, "orphan")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -235,3 +237,12 @@ def test_ports_annotation_is_valid_json() -> None:
                                                                  "hostPort": 81}]})
     assert json.loads(config.annotations["io.kubernetes.container.ports"]) == [
         {"hostPort": 81, "containerPort": 80, "protocol": "TCP", "hostIP": "127.0.0.1"}]
+
+
+def test_the_client_imports_no_server_code() -> None:
+    """crishim/kubelet is a CRI client: only the crishim.api stubs, so imports flow one way."""
+    code = ("import sys, crishim.kubelet.commands; "
+            "print(sorted(m for m in sys.modules if m.startswith('crishim.') "
+            "and not m.startswith(('crishim.kubelet', 'crishim.api'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
