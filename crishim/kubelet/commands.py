@@ -131,33 +131,35 @@ async def _run(pod: Pod, options: RunOptions) -> int:
             _write_json(path, state)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         async with Cri(options.endpoint) as cri:
+            worker = PodWorker(pod, cri, WorkerOptions(node=node, backoff_base=options.backoff_base,
+                                                       backoff_max=options.backoff_max, announce=_print,
+                                                       on_report=on_report))
+
+            def on_signal() -> None:
+                worker.deletion_grace = _requested_grace(path)
+                stop.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, on_signal)
             try:
                 await cri.wait_ready(10)
             except grpc.aio.AioRpcError as exc:
                 return _fail(f"cannot reach {options.endpoint}: {exc.details()}")
-            worker = PodWorker(pod, cri, WorkerOptions(node=node, backoff_base=options.backoff_base,
-                                                       backoff_max=options.backoff_max, announce=_print,
-                                                       on_report=on_report))
             _print(f"pod {pod.namespace}/{pod.name} uid {pod.uid}: running against {options.endpoint}")
-            await asyncio.gather(worker.run(stop), _deletion_request(stop, path, worker))
+            await worker.run(stop)
     finally:
         path.unlink(missing_ok=True)
         path.with_suffix(".delete").unlink(missing_ok=True)
     return 0
 
 
-async def _deletion_request(stop: asyncio.Event, path: Path, worker: PodWorker) -> None:
-    """Picks up the grace period `crishim pod delete` left before signalling."""
-    await stop.wait()
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        grace = json.loads(path.with_suffix(".delete").read_text())["grace"]
-        if grace is not None:
-            worker.deletion_grace = int(grace)
+def _requested_grace(path: Path) -> int | None:
+    """The grace period `crishim pod delete --grace-period` left before signalling (None: the pod's)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(json.loads(path.with_suffix(".delete").read_text())["grace"])
+    return None
 
 
 # ---- delete ---------------------------------------------------------------------------------------------

@@ -98,6 +98,8 @@ class PodWorker:
                     await self.sync()
                 except grpc.aio.AioRpcError as exc:
                     self.say("sync", f"sync failed: {exc.code().name}: {exc.details()}")
+                except OSError as exc:
+                    self.say("sync", f"sync failed: {exc}")
                 self.wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
                 await asyncio.wait(waiters, timeout=self.opts.relist_period,

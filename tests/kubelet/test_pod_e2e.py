@@ -278,3 +278,33 @@ def test_delete_without_runner_uses_the_cri_labels(kubelet: Kubelet, test_images
     kubelet.assert_gone(uid, "orphan")
     missing = kubelet.command("delete", "orphan", check=False)
     assert missing.returncode == 1 and "pod default/orphan not found" in missing.stderr
+
+
+def test_startup_probe_holds_liveness_and_readiness(kubelet: Kubelet, test_images: TestImages) -> None:
+    slow = {"name": "slow", "image": "", "command": ["sleep", "3600"],
+            "startupProbe": {"exec": {"command": ["test", "-f", "/tmp/started"]}, "periodSeconds": 1,
+                             "failureThreshold": 60},
+            "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1,
+                              "failureThreshold": 1}}
+    runner = kubelet.run(pod("slow", test_images.busybox.ref, slow, terminationGracePeriodSeconds=2))
+    uid = kubelet.uid(runner)
+    runner.wait_for(r"slow: running, restarts 0$")
+    container = kubelet.running(uid, "slow")
+    assert container is not None
+    started = kubelet.container_status(container.id).started_at / 1e9
+    poll(lambda: time.time() - started >= 3, what="three startup probe periods")
+    # Not started yet: the failing liveness probe is not run and the container is not ready.
+    assert not runner.matching("liveness probe") and kubelet.running(uid, "slow") is not None
+    assert kubelet.status("slow")["containers"]["slow"]["ready"] is False
+
+    assert kubelet.exec(container.id, "touch", "/tmp/started").exit_code == 0
+    runner.wait_for(r"slow: startup probe Success")
+    runner.wait_for(r"slow: liveness probe Failure")
+    runner.wait_for(r"slow: started \S+ \(restart 1\)")
+    lines = runner.output().splitlines()
+    assert lines.index(next(x for x in lines if "startup probe Success" in x)) < lines.index(
+        next(x for x in lines if "liveness probe Failure" in x))
+
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.wait_exit() == 0
+    kubelet.assert_gone(uid, "slow")
