@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crishim.kubelet.manifest import ManifestError, load_pod, parse_pod, parse_quantity
+from tests.harness import REPO
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
@@ -201,3 +205,16 @@ def test_odd_values_give_manifest_errors_only(path: str, value: Any) -> None:
     except ManifestError as exc:
         assert str(exc).split(":", 1)[0].split(".", 1)[0].split("[")[0] in ("metadata", "spec", "kind",
                                                                             "manifest"), str(exc)
+
+
+def test_cli_refuses_a_bad_manifest_naming_the_field(tmp_path: Path) -> None:
+    bad = copy.deepcopy(manifest())
+    bad["spec"]["containers"][0]["livenessProbe"] = {"httpGet": {"port": 80}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(bad))
+    result = subprocess.run([sys.executable, "-m", "crishim", "pod", "run", str(path), "--pod-run-dir",
+                             str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == (f"crishim pod: {path}: spec.containers[0].livenessProbe.httpGet: not supported "
+                             "(crishim pod runs exec and tcpSocket handlers)\n")
+    assert not (tmp_path / "run").exists()  # refused before anything was set up
