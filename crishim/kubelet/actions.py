@@ -230,6 +230,11 @@ class Backoff:
             entry.backoff = min(entry.backoff * 2, self.maximum)
             entry.last_update = now
 
+    def current(self, key: str) -> float:
+        """The delay `key` is held to now (0 if it has none)."""
+        entry = self._entries.get(key)
+        return entry.backoff if entry else 0.0
+
     def in_backoff_since(self, key: str, event_time: float, now: float) -> float:
         """Seconds left before `key` may be retried after a failure at `event_time` (0: go ahead)."""
         entry = self._entries.get(key)

@@ -32,9 +32,10 @@ from crishim.kubelet.requests import (
     CONTAINER_NAME_LABEL,
     POD_UID_LABEL,
     PRE_STOP_HANDLER,
+    QOS_CLASSES,
     TERMINATION_GRACE,
     Node,
-    pod_cgroup_parent,
+    qos_cgroup_parent,
 )
 from crishim.kubelet.worker import PodWorker, WorkerOptions
 
@@ -213,10 +214,8 @@ async def _delete_orphan(name: str, namespace: str, options: RunOptions, grace: 
             worker = PodWorker(pod, cri, WorkerOptions(node=node, announce=_print))
             worker.deletion_grace = grace
             await worker.delete()
-            for qos in ("Guaranteed", "Burstable"):  # the QoS class is not in the labels: try every parent
-                parent = pod_cgroup_parent(pod, node)
-                parent = parent.replace("/besteffort/", "/" if qos == "Guaranteed" else "/burstable/")
-                await asyncio.to_thread(nodefs.remove_pod_cgroup, parent)
+            for qos in QOS_CLASSES:  # the QoS class is not in the labels: every parent it may have had
+                await asyncio.to_thread(nodefs.remove_pod_cgroup, qos_cgroup_parent(uid, qos, node))
     return 0
 
 
@@ -240,7 +239,7 @@ async def _containers_of(cri: Cri, name: str, namespace: str) -> tuple[str, list
 
 def parse_cri_log(data: bytes, timestamps: bool = False) -> bytes:
     """The CRI log format (`<RFC3339Nano> <stream> <P|F> <message>`) back to the container's output:
-    partial (P) lines join the next one, as kubelet's logs reader does."""
+    partial (P) lines join the next one (pkg/kubelet/kuberuntime/logs/logs.go parseCRILog)."""
     out = bytearray()
     for line in data.split(b"\n"):
         parts = line.split(b" ", 3)

@@ -101,13 +101,18 @@ def qos_class(pod: Pod) -> str:
     return "Guaranteed"
 
 
-def pod_cgroup_parent(pod: Pod, node: Node) -> str:
+QOS_CLASSES = ("Guaranteed", "Burstable", "BestEffort")
+
+
+def qos_cgroup_parent(uid: str, qos: str, node: Node) -> str:
     """pkg/kubelet/cm/pod_container_manager_linux.go GetPodContainerName (cgroupfs driver):
     <cgroup-root>/kubepods[/burstable|/besteffort]/pod<uid>."""
-    root = node.cgroup_root.rstrip("/")
-    qos = qos_class(pod)
     middle = "" if qos == "Guaranteed" else f"/{qos.lower()}"
-    return f"{root}/kubepods{middle}/pod{pod.uid}"
+    return f"{node.cgroup_root.rstrip('/')}/kubepods{middle}/pod{uid}"
+
+
+def pod_cgroup_parent(pod: Pod, node: Node) -> str:
+    return qos_cgroup_parent(pod.uid, qos_class(pod), node)
 
 
 def pod_hostname(pod: Pod, cluster_domain: str) -> tuple[str, str]:

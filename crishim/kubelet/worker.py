@@ -225,7 +225,7 @@ class PodWorker:
         left = self.backoff.in_backoff_since(key, finished, now)
         if left > 0:
             self.say(f"backoff/{container.name}", f"{container.name}: CrashLoopBackOff: back-off "
-                     f"{self.backoff._entries[key].backoff:g}s restarting failed container")
+                     f"{self.backoff.current(key):g}s restarting failed container")
             return True
         self.backoff.next(key, finished, now)
         return False
