@@ -137,16 +137,18 @@ class Kubelet:
             filter=api_pb2.ContainerFilter(label_selector={UID_LABEL: uid}))).containers)
 
     def container_status(self, container_id: str) -> api_pb2.ContainerStatus:
-        return self.server.runtime().ContainerStatus(
+        status: api_pb2.ContainerStatus = self.server.runtime().ContainerStatus(
             api_pb2.ContainerStatusRequest(container_id=container_id)).status
+        return status
 
     def running(self, uid: str, name: str) -> api_pb2.Container | None:
         return next((c for c in self.containers(uid)
                      if c.metadata.name == name and c.state == api_pb2.CONTAINER_RUNNING), None)
 
     def exec(self, container_id: str, *cmd: str) -> api_pb2.ExecSyncResponse:
-        return self.server.runtime().ExecSync(api_pb2.ExecSyncRequest(
+        response: api_pb2.ExecSyncResponse = self.server.runtime().ExecSync(api_pb2.ExecSyncRequest(
             container_id=container_id, cmd=list(cmd), timeout=10))
+        return response
 
     def pod_cgroups(self, uid: str) -> list[str]:
         return [str(p) for mount in cgroup_mounts()

@@ -182,8 +182,9 @@ def test_bad_quantities(text: Any) -> None:
 
 @given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["", "m", "k", "M", "Ki", "Mi", "Gi"]))
 def test_quantity_suffixes_scale(number: int, suffix: str) -> None:
-    scale = {"": 1, "m": Decimal("0.001"), "k": 1000, "M": 10**6, "Ki": 1024, "Mi": 1 << 20, "Gi": 1 << 30}
-    assert parse_quantity(f"{number}{suffix}", "x") == number * Decimal(scale[suffix])
+    scale = {"": Decimal(1), "m": Decimal("0.001"), "k": Decimal(1000), "M": Decimal(10**6),
+             "Ki": Decimal(1024), "Mi": Decimal(1 << 20), "Gi": Decimal(1 << 30)}
+    assert parse_quantity(f"{number}{suffix}", "x") == number * scale[suffix]
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),

@@ -19,6 +19,7 @@ from tests.harness import REPO, poll
 from tests.image_fixtures import TestImages
 from tests.kubelet.conftest import HTTP_GET
 from tests.kubelet.podrun import Kubelet
+from tests.kubelet.recorder import RecordingProxy
 
 pytestmark = pytest.mark.root
 
@@ -116,9 +117,11 @@ def test_crash_loop_restarts_with_backoff(kubelet: Kubelet, test_images: TestIma
          what="older instances to be collected")
     assert {p.name for p in log_dir.iterdir()} <= {"3.log", "4.log", "5.log"}
     # The loop goes on while we read: an instance may be collected between list and read, so retry.
-    for args in ((), ("--previous",)):
-        poll(lambda args=args: kubelet.command("logs", "crashy", *args, check=False).stdout == "attempt\n",
-             what=f"logs {args}")
+    for args in ([], ["--previous"]):
+        def read(args: list[str] = args) -> bool:
+            return kubelet.command("logs", "crashy", *args, check=False).stdout == "attempt\n"
+
+        poll(read, what=f"logs {args}")
     poll(lambda: kubelet.status("crashy")["containers"]["crash"]["restarts"] >= 4,
          what="pod status to report the restarts")
 
@@ -310,3 +313,58 @@ def test_startup_probe_holds_liveness_and_readiness(kubelet: Kubelet, test_image
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.wait_exit() == 0
     kubelet.assert_gone(uid, "slow")
+
+
+MUTATING = {"RunPodSandbox", "PullImage", "CreateContainer", "StartContainer", "StopContainer",
+            "StopPodSandbox", "RemoveContainer", "RemovePodSandbox"}
+
+
+def test_requests_on_the_wire_follow_kubelet(kubelet: Kubelet, test_images: TestImages,
+                                             tmp_path: Path) -> None:
+    """Through a recording proxy: kubelet's order (createPodSandbox, then per container ImageStatus,
+    ImageStatus for the user, CreateContainer, StartContainer; KillPod, then removal) and shapes."""
+    proxy = RecordingProxy(tmp_path / "proxy.sock", kubelet.server.socket).start()
+    script = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
+    app = {"name": "app", "image": "", "command": ["sh", "-c", script],
+           "ports": [{"containerPort": 80, "hostPort": 18183}]}
+    manifest = pod("wire", test_images.busybox.ref, app, terminationGracePeriodSeconds=3,
+                   initContainers=[{"name": "init", "image": "", "command": ["true"]}])
+    try:
+        runner = kubelet.run(manifest, "--endpoint", f"unix://{proxy.socket}")
+        uid = kubelet.uid(runner)
+        runner.wait_for(r"pod Running, 1/1 ready")
+        runner.proc.send_signal(signal.SIGTERM)
+        assert runner.wait_exit() == 0
+    finally:
+        proxy.stop()
+    kubelet.assert_gone(uid, "wire")
+
+    methods = proxy.methods()
+    assert [m for m in methods if m in MUTATING] == [
+        "RunPodSandbox", "CreateContainer", "StartContainer", "CreateContainer", "StartContainer",
+        "StopContainer", "StopPodSandbox", "RemoveContainer", "RemoveContainer", "StopPodSandbox",
+        "RemovePodSandbox"]
+    assert methods[:4] == ["Version", "ListPodSandbox", "ListContainers", "RunPodSandbox"]
+    assert methods[4] == "PodSandboxStatus"
+    for i, method in enumerate(methods):
+        if method == "CreateContainer":
+            assert methods[i - 2:i] == ["ImageStatus", "ImageStatus"] and methods[i + 1] == "StartContainer"
+
+    selector = {"io.kubernetes.pod.uid": uid}
+    assert all(dict(r.filter.label_selector) == selector for r in proxy.requests("ListPodSandbox"))
+    assert all(dict(r.filter.label_selector) == selector for r in proxy.requests("ListContainers"))
+    assert not any(r.verbose for r in proxy.requests("PodSandboxStatus"))
+    (run,) = proxy.requests("RunPodSandbox")
+    assert run.config.metadata.uid == uid and run.config.metadata.attempt == 0
+    assert run.config.log_directory == str(kubelet.log_root / f"default_wire_{uid}")
+    assert list(run.config.port_mappings) == [api_pb2.PortMapping(container_port=80, host_port=18183)]
+    assert run.config.linux.cgroup_parent == f"{kubelet.cgroup_root}/kubepods/besteffort/pod{uid}"
+    creates = proxy.requests("CreateContainer")
+    assert [c.config.log_path for c in creates] == ["init/0.log", "app/0.log"]
+    assert all(c.sandbox_config == run.config for c in creates)
+    image_ref = creates[0].config.image.image
+    assert image_ref.startswith("sha256:")
+    assert creates[0].config.image.user_specified_image == test_images.busybox.ref
+    assert [r.image.image for r in proxy.requests("ImageStatus")[:2]] == [test_images.busybox.ref, image_ref]
+    (stop,) = proxy.requests("StopContainer")
+    assert stop.timeout == 3
