@@ -36,7 +36,6 @@ class ContainerSnapshot:
     finished_at: int = 0
     exit_code: int = 0
     reason: str = ""
-    log_path: str = ""
     sandbox_id: str = ""
 
 

@@ -98,7 +98,7 @@ class Cri:
                 id=c.id, name=c.metadata.name, state=STATES.get(c.state, UNKNOWN),
                 restart_count=int(restarts) if restarts.isdigit() else c.metadata.attempt,
                 created_at=c.created_at, started_at=c.started_at, finished_at=c.finished_at,
-                exit_code=c.exit_code, reason=c.reason, log_path=c.log_path, sandbox_id=item.pod_sandbox_id))
+                exit_code=c.exit_code, reason=c.reason, sandbox_id=item.pod_sandbox_id))
         snapshots.sort(key=lambda s: s.created_at, reverse=True)
         return PodSnapshot(sandboxes=tuple(sandboxes), containers=tuple(snapshots))
 

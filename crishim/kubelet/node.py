@@ -151,12 +151,6 @@ def termination_file(pod: Pod, node: Node, container: str) -> str:
     return str(path)
 
 
-def read_termination_message(path: str, limit: int = 4096) -> str:
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        return f.read(limit).decode(errors="replace")
-    return ""
-
-
 def remove_pod_files(pod: Pod, node: Node, log_dir: str) -> None:
     """What kubelet removes once a deleted pod's containers are gone: tmpfs volumes, the pod directory
     (kubelet_pods.go cleanupOrphanedPodDirs) and the pod log directory (kuberuntime_gc.go

@@ -28,7 +28,6 @@ TERMINATION_MESSAGE_POLICY = "io.kubernetes.container.terminationMessagePolicy"
 PRE_STOP_HANDLER = "io.kubernetes.container.preStopHandler"
 CONTAINER_PORTS = "io.kubernetes.container.ports"
 TERMINATION_GRACE = "io.kubernetes.pod.terminationGracePeriod"
-DELETION_GRACE = "io.kubernetes.pod.deletionGracePeriod"
 
 # pkg/securitycontext/util.go (DefaultMaskedPaths, DefaultReadonlyPaths)
 DEFAULT_MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -292,15 +291,13 @@ def container_labels(pod: Pod, container: Container) -> dict[str, str]:
             CONTAINER_NAME_LABEL: container.name}
 
 
-def container_annotations(pod: Pod, container: Container, restart_count: int,
-                          deletion_grace: int | None = None) -> dict[str, str]:
-    """labels.go newContainerAnnotations: what kubelet needs to kill the container without the pod spec."""
+def container_annotations(pod: Pod, container: Container, restart_count: int) -> dict[str, str]:
+    """labels.go newContainerAnnotations: what kubelet needs to kill the container without the pod spec
+    (io.kubernetes.pod.deletionGracePeriod only exists for pods created while being deleted: never here)."""
     annotations = {CONTAINER_HASH: container_hash(container), RESTART_COUNT: str(restart_count),
                    TERMINATION_MESSAGE_PATH: container.termination_message_path,
                    TERMINATION_MESSAGE_POLICY: "File",
                    TERMINATION_GRACE: str(pod.termination_grace_period_seconds)}
-    if deletion_grace is not None:
-        annotations[DELETION_GRACE] = str(deletion_grace)
     if container.pre_stop is not None:
         annotations[PRE_STOP_HANDLER] = json.dumps({"exec": {"command": list(container.pre_stop.command)}},
                                                    separators=(",", ":"))
@@ -420,8 +417,7 @@ def container_security_context(pod: Pod, container: Container, image_user: Image
 
 def container_config(pod: Pod, container: Container, *, restart_count: int, image_ref: str,
                      image_user: ImageUser, node: Node, pod_ip: str,
-                     mounts: list[api_pb2.Mount],
-                     deletion_grace: int | None = None) -> api_pb2.ContainerConfig:
+                     mounts: list[api_pb2.Mount]) -> api_pb2.ContainerConfig:
     """pkg/kubelet/kuberuntime/kuberuntime_container.go generateContainerConfig (+ _linux.go)."""
     env = container_env(pod, container, pod_ip, node)
     env_map = dict(env)
@@ -433,7 +429,7 @@ def container_config(pod: Pod, container: Container, *, restart_count: int, imag
         working_dir=container.working_dir,
         envs=[api_pb2.KeyValue(key=k, value=v) for k, v in env],
         labels=container_labels(pod, container),
-        annotations=container_annotations(pod, container, restart_count, deletion_grace),
+        annotations=container_annotations(pod, container, restart_count),
         mounts=mounts, log_path=container_log_path(container.name, restart_count),
         stdin=container.stdin, stdin_once=container.stdin_once, tty=container.tty,
         linux=api_pb2.LinuxContainerConfig(
