@@ -43,7 +43,61 @@ def _parser() -> argparse.ArgumentParser:
         dest="images_command", required=True)
     importer = images.add_parser("import", help="load an OCI layout or `docker save` archive")
     importer.add_argument("archive", help="OCI layout directory, OCI archive or docker-save tar")
+    _pod_parser(sub)
     return parser
+
+
+def _pod_parser(sub: Any) -> None:
+    """`crishim pod`: a kubelet for one Pod manifest, over any CRI endpoint (crishim/kubelet)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", help="CRI endpoint (default unix://<configured socket>)")
+    common.add_argument("--pod-run-dir", help="runner state files (default <run dir>/pods)")
+    common.add_argument("--log-root", default="/var/log/pods", help="kubelet's pod log root")
+    common.add_argument("--root-dir", default="/var/lib/kubelet", help="kubelet's --root-dir (pod dirs)")
+    common.add_argument("--cgroup-root", default="/", help="kubelet's --cgroup-root (pods go below kubepods)")
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("name", help="the pod's metadata.name")
+    named.add_argument("-n", "--namespace", default="default")
+    pod = sub.add_parser("pod", help="run a Pod manifest the way kubelet would, without a cluster")
+    pods = pod.add_subparsers(dest="pod_command", required=True)
+    run = pods.add_parser("run", parents=[common], help="run the pod until Ctrl-C, SIGTERM or `pod delete`")
+    run.add_argument("manifest", help="Pod manifest (YAML or JSON)")
+    run.add_argument("--resolv-conf", default="/etc/resolv.conf", help="the node's resolv.conf")
+    run.add_argument("--cluster-dns", action="append", default=[], help="cluster DNS server (repeatable)")
+    run.add_argument("--cluster-domain", default="cluster.local")
+    run.add_argument("--runtime-handler", default="", help="RunPodSandbox runtime_handler")
+    run.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff start, seconds")
+    run.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff cap, seconds")
+    delete = pods.add_parser("delete", parents=[common, named], help="delete the pod gracefully")
+    delete.add_argument("--grace-period", type=int, help="seconds (default terminationGracePeriodSeconds)")
+    delete.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runner")
+    logs = pods.add_parser("logs", parents=[common, named], help="print a container's log")
+    logs.add_argument("-c", "--container")
+    logs.add_argument("-p", "--previous", action="store_true", help="the previous instance's log")
+    logs.add_argument("--timestamps", action="store_true")
+    status = pods.add_parser("status", parents=[common, named], help="show the pod's containers")
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+
+def _pod_command(config: Config, args: argparse.Namespace) -> int:
+    from crishim.kubelet import commands
+
+    options = commands.RunOptions(
+        endpoint=args.endpoint or f"unix://{config.socket}",
+        run_dir=args.pod_run_dir or str(Path(config.run_dir) / "pods"),
+        log_root=args.log_root, root_dir=args.root_dir, cgroup_root=args.cgroup_root,
+        **({"resolv_conf": args.resolv_conf, "cluster_dns": tuple(args.cluster_dns),
+            "cluster_domain": args.cluster_domain, "runtime_handler": args.runtime_handler,
+            "backoff_base": args.backoff_base, "backoff_max": args.backoff_max}
+           if args.pod_command == "run" else {}))
+    if args.pod_command == "run":
+        return commands.run(args.manifest, options)
+    if args.pod_command == "delete":
+        return commands.delete(args.name, args.namespace, options, args.grace_period, args.timeout)
+    if args.pod_command == "logs":
+        return commands.logs(args.name, args.namespace, args.container, args.previous, args.timestamps,
+                             options)
+    return commands.status(args.name, args.namespace, args.output, options)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crishim: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, config.log_format)
+    # `crishim pod` is a client: its stdout is the pod's status lines, the server's debug level is not for it
+    setup_logging("warning" if args.command == "pod" else config.log_level, config.log_format)
     if args.command == "serve":
         from crishim.server.app import AlreadyServing, serve
 
@@ -96,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         from crishim.telemetry.inspect import inspect
 
         return inspect(config, args.pod)
+    if args.command == "pod":
+        return _pod_command(config, args)
     if args.command == "doctor":
         from crishim.network.doctor import doctor
 
