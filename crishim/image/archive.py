@@ -1,26 +1,54 @@
 """Reading image archives for `crishim images import`: OCI image layouts and `docker save` tarballs.
 
-Blocking code, run in a worker thread. A tarball is first unpacked (regular files and directories only,
-names checked like layer entries) into a scratch directory of the store, so both kinds are read as
-directories. Every blob is hashed before it enters the store, as pulled blobs are.
+Blocking code, run in a worker thread. A tarball (a file, or a stream of one from the admin socket or
+stdin; gzip-compressed or not) is first unpacked (regular files and directories only, names checked like
+layer entries) into a scratch directory of the store, so both kinds are read as directories. Every blob
+is hashed before it enters the store, as pulled blobs are.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from crishim.errors import InvalidArgument
+from crishim.errors import CrishimError, InvalidArgument
 from crishim.image import reference
 from crishim.image.unpack import clean_name
 
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+READ_REPORT_STEP = 32 << 20  # a "read" progress event per this many archive bytes
+_CHUNK = 1 << 20
+
+
+class ImportCancelled(CrishimError):
+    """The import's client went away (or crishim is stopping): what it stored so far is dropped."""
+
+
+def _ignore(_event: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class ImportMonitor:
+    """How an import reports progress (`report`, called from any thread) and learns it must stop.
+
+    Stopping is cooperative: the import checks `cancelled` between chunks and layers, so no worker
+    thread is left writing into the store after the import has failed and cleaned up.
+    """
+
+    report: Callable[[dict[str, Any]], None] = _ignore
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise ImportCancelled("the import was cancelled")
 
 
 @dataclass
@@ -35,11 +63,15 @@ class ArchiveImage:
     layer_paths: list[Path]
 
 
-def extract_archive(archive: Path, dest: Path) -> None:
+def extract_archive(source: IO[bytes], what: str, dest: Path, monitor: ImportMonitor) -> None:
+    """Unpack the tar read from `source` (read once, front to back: it may be a pipe) into `dest`."""
     dest.mkdir()
+    done = 0
+    reported = 0
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(fileobj=source, mode="r|*") as tar:
             for member in tar:
+                monitor.check()
                 rel = clean_name(member.name)
                 if not rel:
                     continue
@@ -48,12 +80,21 @@ def extract_archive(archive: Path, dest: Path) -> None:
                     target.mkdir(parents=True, exist_ok=True)
                 elif member.isreg():
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
+                    data = tar.extractfile(member)
+                    assert data is not None
                     with open(target, "xb") as out:
-                        shutil.copyfileobj(source, out, 1 << 20)
-    except (tarfile.TarError, FileExistsError) as exc:
-        raise InvalidArgument(f"{archive}: not a usable image archive: {exc}") from exc
+                        while chunk := data.read(_CHUNK):
+                            monitor.check()
+                            out.write(chunk)
+                            done += len(chunk)
+                            if done - reported >= READ_REPORT_STEP:
+                                reported = done
+                                monitor.report({"event": "read", "bytes": done})
+        while source.read(_CHUNK):  # what follows the tar's end (padding): a stream is read to its end
+            monitor.check()
+    except (tarfile.TarError, EOFError, FileExistsError) as exc:
+        raise InvalidArgument(f"{what}: not a usable image archive: {exc}") from exc
+    monitor.report({"event": "read", "bytes": done, "done": True})
 
 
 def _load(path: Path) -> Any:
@@ -106,17 +147,27 @@ def read_docker_save(root: Path) -> list[ArchiveImage]:
     return found
 
 
-def read_archive(path: Path, scratch: Path, choose: Any) -> list[ArchiveImage]:
-    """The images in `path` (a directory or a tarball, unpacked into `scratch`)."""
-    if not path.exists():
-        raise InvalidArgument(f"{path}: no such file or directory")
-    root = path
-    if not path.is_dir():
-        extract_archive(path, scratch)
+def read_archive(source: Path | IO[bytes], scratch: Path, choose: Any,
+                 monitor: ImportMonitor) -> list[ArchiveImage]:
+    """The images in `source`: a layout directory, a tarball or a stream of one (unpacked into
+    `scratch`)."""
+    if isinstance(source, Path):
+        if not source.exists():
+            raise InvalidArgument(f"{source}: no such file or directory")
+        what = str(source)
+        if source.is_dir():
+            root = source
+        else:
+            with open(source, "rb") as stream:
+                extract_archive(stream, what, scratch, monitor)
+            root = scratch
+    else:
+        what = "the archive stream"
+        extract_archive(source, what, scratch, monitor)
         root = scratch
     if (root / "index.json").is_file():
         return read_layout(root, choose)
     if (root / "manifest.json").is_file():
         return read_docker_save(root)
-    raise InvalidArgument(f"{path}: neither an OCI image layout (index.json) nor a docker save "
+    raise InvalidArgument(f"{what}: neither an OCI image layout (index.json) nor a docker save "
                           "archive (manifest.json)")
