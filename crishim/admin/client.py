@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from crishim.admin.protocol import CALL_IMPORT, FRAME_HEADER, MAX_FRAME, line
 
@@ -61,19 +62,20 @@ def _send_archive(sock: socket.socket, source: str) -> None:
     """Stream `source` ("-": stdin; a layout directory as a tar made on the fly), then the end frame."""
     out = _FrameWriter(sock)
     if source == "-":
-        _copy(cast(io.BufferedReader, sys.stdin.buffer), out)  # what Python makes of a pipe or file
+        _copy(sys.stdin.fileno(), out)
     elif Path(source).is_dir():
         with tarfile.open(fileobj=out, mode="w|", bufsize=MAX_FRAME) as tar:
             tar.add(source, arcname=".")
     else:
         with open(source, "rb") as archive:
-            _copy(archive, out)
+            _copy(archive.fileno(), out)
     sock.sendall(FRAME_HEADER.pack(0))
 
 
-def _copy(source: io.BufferedReader, out: _FrameWriter) -> None:
-    """Send what arrives as it arrives: a pipe (`docker save | ...`) need not fill a whole frame."""
-    while chunk := source.read1(MAX_FRAME):
+def _copy(fd: int, out: _FrameWriter) -> None:
+    """Send what arrives as it arrives: a pipe (`docker save | ...`) need not fill a whole frame. Plain
+    reads of the fd: a buffered stdin would hang interpreter exit when the daemon answered early."""
+    while chunk := os.read(fd, MAX_FRAME):
         out.write(chunk)
 
 

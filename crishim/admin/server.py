@@ -118,6 +118,7 @@ class AdminServer:
         self._server.close()
         for monitor, writer in self._calls.values():
             monitor.cancelled.set()
+            _send(writer, {"error": "crishim is stopping: the import was cancelled", "code": "Unavailable"})
             writer.close()  # a thread waiting for the next frame sees the end of the connection
         if self._calls:
             await asyncio.wait(list(self._calls), timeout=_CLOSE_TIMEOUT)
@@ -178,8 +179,8 @@ class AdminServer:
         watch = asyncio.create_task(_watch_client(reader, stream, monitor))
         try:
             records = await self.images.import_archive(io.BufferedReader(stream, MAX_FRAME), monitor)
-        except ImportCancelled:
-            log.info("image import cancelled: its client went away")
+        except ImportCancelled as exc:
+            log.info("image import cancelled: %s", exc)
             raise
         finally:
             watch.cancel()

@@ -491,14 +491,19 @@ class ImageManager:
         try:
             found = await asyncio.to_thread(read_archive, source, scratch, choose_platform, monitor)
             what = f"image in {source}" if isinstance(source, Path) else "image in the archive stream"
-            return [await self._import_one(image, what, monitor) for image in found]
+            return [await self._import_one(image, what, scratch, monitor) for image in found]
         except BaseException:
             await asyncio.shield(self._collect())
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    async def _import_one(self, image: ArchiveImage, what: str, monitor: ImportMonitor) -> ImageRecord:
+    async def _import_one(self, image: ArchiveImage, what: str, scratch: Path, monitor: ImportMonitor
+                          ) -> ImageRecord:
+        async def put(path: Path, expected: str = "") -> tuple[str, int]:
+            """Unpacked archives are linked into the store; a layout directory (the user's) is copied."""
+            return await asyncio.to_thread(self.store.put_file, path, expected, path.is_relative_to(scratch))
+
         spec_bytes = await asyncio.to_thread(image.config_path.read_bytes)
         spec = _json(spec_bytes, f"config of the {what}")
         if image.manifest is not None:
@@ -514,14 +519,14 @@ class ImageManager:
             blobs: dict[str, int] = {}
             manifest_digest = ""
             for manifest_path in image.manifest_paths:
-                manifest_digest, size = await asyncio.to_thread(self.store.put_file, manifest_path)
+                manifest_digest, size = await put(manifest_path)
                 blobs[manifest_digest] = size
-            config_digest, size = await asyncio.to_thread(self.store.put_file, image.config_path)
+            config_digest, size = await put(image.config_path)
             blobs[config_digest] = size
             sized = []
             for digest, layer_path in zip(expected, image.layer_paths, strict=True):
                 monitor.check()
-                _, size = await asyncio.to_thread(self.store.put_file, layer_path, digest)
+                _, size = await put(layer_path, digest)
                 blobs[digest] = size
                 sized.append({"digest": digest, "size": size, "mediaType": DOCKER_LAYER})
             layers = layers_from(spec, sized if image.manifest is None else descs, what)

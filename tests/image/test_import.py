@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crishim.errors import InvalidArgument
 from crishim.image import ImageManager
+from crishim.image.archive import ImportCancelled, ImportMonitor
+from crishim.image.store import Store
 from tests.harness import run
 from tests.image_fixtures import TestImages
 
@@ -20,6 +23,9 @@ async def test_oci_layout_directory(manager: ImageManager, test_images: TestImag
     assert record.repo_tags == []  # the layout only says "1": no repository to name it by
     assert manager.get(record.id) is record
     assert manager.store.layer_path(record.layers[0].diff_id).joinpath("bin/busybox").exists()
+    # The user's layout is copied, never linked: changing it later cannot change the store.
+    layer_blob = record.layers[0].digest[7:]
+    assert (test_images.layout / "blobs/sha256" / layer_blob).stat().st_nlink == 1
 
 
 async def test_oci_archive_and_docker_save(tmp_path: Path, manager: ImageManager,
@@ -35,7 +41,43 @@ async def test_oci_archive_and_docker_save(tmp_path: Path, manager: ImageManager
     (from_docker,) = await manager.import_archive(docker_tar)
     assert from_docker.repo_tags == ["example.test/busybox:1", "example.test/saved:2"]
     assert manager.get("example.test/saved:2") is from_docker
-    assert list(manager.store.ingest.iterdir()) == []
+    assert store_leftovers(manager.store) == []
+    # Unpacked archives are linked into the store, and their scratch copy is gone.
+    assert {manager.store.blob_path(d).stat().st_nlink for d in from_docker.blobs} == {1}
+
+
+def store_leftovers(store: Store) -> list[str]:
+    """Scratch and ingest files, and blobs or layers that no image in the index names."""
+    named = {d[7:] for image in store.load_index()["images"]
+             for d in [*image["blobs"], *(layer["diff_id"] for layer in image["layers"])]}
+    found = [p.name for p in store.ingest.iterdir()]
+    found += [p.name for p in (*store.blobs.iterdir(), *store.layers.iterdir())
+              if p.name not in named and p != store.empty_layer]
+    return found
+
+
+async def test_cancelled_import_leaves_nothing(tmp_path: Path, manager: ImageManager,
+                                               test_images: TestImages) -> None:
+    """Cancelled once the first of three layers is unpacked: that layer, the blobs and scratch go."""
+    archive = tmp_path / "multi.tar"
+    run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{test_images.multilayer.ref}",
+         f"oci-archive:{archive}:example.test/multi:1"])
+    monitor = ImportMonitor()
+    layers_done: list[dict[str, Any]] = []
+
+    def cancel_after_a_layer(event: dict[str, Any]) -> None:
+        if event["event"] == "layer":
+            layers_done.append(event)
+            monitor.cancelled.set()
+
+    monitor.report = cancel_after_a_layer
+    with pytest.raises(ImportCancelled):
+        await manager.import_archive(archive, monitor)
+    assert [e["number"] for e in layers_done] == [1]
+    assert manager.list() == []
+    assert store_leftovers(manager.store) == []
+    (record,) = await manager.import_archive(archive)  # and the next import of it works
+    assert record.id == test_images.multilayer.id and record.repo_tags == ["example.test/multi:1"]
 
 
 async def test_bad_archives(tmp_path: Path, manager: ImageManager) -> None:

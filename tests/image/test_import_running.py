@@ -18,7 +18,9 @@ import pytest
 from crishim.admin import admin_socket_path
 from crishim.admin.protocol import FRAME_HEADER, line
 from crishim.api.runtime.v1 import api_pb2
+from crishim.image.store import Store
 from tests.harness import REPO, CrishimServer, poll, run
+from tests.image.test_import import store_leftovers as leftovers_of
 from tests.image.test_permissions import NOBODY, open_server
 from tests.image_fixtures import TestImages
 from tests.sandbox.podutil import pod_config, run_pod
@@ -55,12 +57,7 @@ def image_status(server: CrishimServer, ref: str) -> api_pb2.Image:
 
 
 def store_leftovers(server: CrishimServer) -> list[str]:
-    """What an import may leave in the store: ingest and scratch files, blobs, layers, unpacks."""
-    images = server.state_dir / "images"
-    found = [p.name for p in (images / "ingest").iterdir()]
-    found += [p.name for p in (images / "blobs/sha256").iterdir()]
-    found += [p.name for p in (images / "layers").iterdir() if p.name != "empty"]
-    return found
+    return leftovers_of(Store(server.state_dir / "images"))
 
 
 def test_import_into_running_server_then_run(server: CrishimServer, test_images: TestImages,
@@ -161,9 +158,9 @@ def test_bad_requests_are_answered(server: CrishimServer) -> None:
     assert store_leftovers(server) == []
 
 
-def test_client_killed_mid_import_leaves_nothing(server: CrishimServer, test_images: TestImages,
-                                                 tmp_path: Path) -> None:
-    data = docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/killed:1").read_bytes()
+def half_import(server: CrishimServer, archive: Path) -> subprocess.Popen[bytes]:
+    """`crishim images import -` given half of `archive`, once the daemon is unpacking that half."""
+    data = archive.read_bytes()
     client = subprocess.Popen(import_command(server, "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, cwd=REPO)
     assert client.stdin is not None
@@ -175,8 +172,39 @@ def test_client_killed_mid_import_leaves_nothing(server: CrishimServer, test_ima
         return any(any(scratch.rglob("*")) for scratch in ingest.glob("import-*"))
 
     poll(receiving, timeout=20, what="the daemon unpacking the first half of the archive")
+    return client
+
+
+def test_client_killed_mid_import_leaves_nothing(server: CrishimServer, test_images: TestImages,
+                                                 tmp_path: Path) -> None:
+    client = half_import(server, docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/k:1"))
     client.send_signal(signal.SIGKILL)
     client.communicate()
     poll(lambda: store_leftovers(server) == [], timeout=20, what="the cancelled import's files to go")
     assert server.images().ListImages(api_pb2.ListImagesRequest()).images == []
     assert "image import cancelled" in server.log()
+
+
+def test_stopping_crishim_cancels_an_import(server: CrishimServer, test_images: TestImages,
+                                            tmp_path: Path) -> None:
+    client = half_import(server, docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/s:1"))
+    assert server.stop() == 0
+    _, stderr = client.communicate(timeout=20)
+    assert client.returncode == 1 and b"crishim is stopping: the import was cancelled" in stderr
+    assert store_leftovers(server) == []
+    assert not admin_socket_path(server.root / "run").exists()
+
+
+def test_concurrent_imports_of_one_image(server: CrishimServer, test_images: TestImages,
+                                         tmp_path: Path) -> None:
+    """Two clients load the same archive while a third loads the layout directory it came from."""
+    archive = docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/twice:1")
+    clients = [subprocess.Popen(import_command(server, source), stdout=subprocess.PIPE, text=True, cwd=REPO)
+               for source in (str(archive), str(archive), str(test_images.layout))]
+    outputs = [client.communicate(timeout=60)[0].split() for client in clients]
+    assert [client.returncode for client in clients] == [0, 0, 0]
+    assert outputs[:2] == [[test_images.busybox.id, "example.test/twice:1"]] * 2
+    assert outputs[2][0] == test_images.busybox.id  # the layout names no repository; the image has a name
+    (image,) = server.images().ListImages(api_pb2.ListImagesRequest()).images
+    assert image.id == test_images.busybox.id and list(image.repo_tags) == ["example.test/twice:1"]
+    assert store_leftovers(server) == []  # nothing but the image's own blobs and layer
