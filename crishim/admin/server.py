@@ -59,10 +59,12 @@ class FrameStream(io.RawIOBase):
     faster than the import stores.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop,
+                 idle_timeout: float) -> None:
         super().__init__()
         self._reader = reader
         self._loop = loop
+        self._idle_timeout = idle_timeout
         self._chunk = memoryview(b"")
         self._at_end = False
         self.ended = asyncio.Event()  # set on the loop once the end frame arrived
@@ -86,12 +88,15 @@ class FrameStream(io.RawIOBase):
 
     async def _next_frame(self) -> bytes:
         try:
-            (size,) = FRAME_HEADER.unpack(await self._reader.readexactly(FRAME_HEADER.size))
-            if size > MAX_FRAME:
-                raise InvalidArgument(f"archive frame of {size} bytes: at most {MAX_FRAME} are allowed")
-            data = await self._reader.readexactly(size)
+            async with asyncio.timeout(self._idle_timeout):
+                (size,) = FRAME_HEADER.unpack(await self._reader.readexactly(FRAME_HEADER.size))
+                if size > MAX_FRAME:
+                    raise InvalidArgument(f"archive frame of {size} bytes: at most {MAX_FRAME} are allowed")
+                data = await self._reader.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ImportCancelled("the client went away before the end of the archive") from exc
+        except TimeoutError as exc:  # a stalled client must not pin the import's content forever
+            raise ImportCancelled(f"no archive data for {self._idle_timeout:.0f}s") from exc
         if not data:
             self.ended.set()
         return data
@@ -139,16 +144,20 @@ class AdminServer:
                 _send(writer, {"error": f"permission denied: uid {uid} is not root",
                                "code": "PermissionDenied"})
                 return
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                request = await reader.readline()
+            try:
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    request = await reader.readline()
+            except (TimeoutError, ValueError) as exc:  # ValueError: a line over the stream's limit
+                raise InvalidArgument(f"no request line within {_REQUEST_TIMEOUT:.0f}s and "
+                                      f"{MAX_FRAME} bytes") from exc
             call = _call(request)
             if call != CALL_IMPORT:
                 raise InvalidArgument(f"call: unknown admin call {call!r} (known: {CALL_IMPORT!r})")
             await self._import(reader, writer, monitor)
         except CrishimError as exc:
             _send(writer, {"error": str(exc), "code": type(exc).__name__})
-        except (TimeoutError, ValueError, ConnectionError) as exc:  # ValueError: a line over the limit
-            _send(writer, {"error": f"bad admin request: {exc}", "code": "InvalidArgument"})
+        except ConnectionError:
+            pass  # the client is gone: nobody to answer
         except Exception as exc:
             log.exception("admin call failed")
             _send(writer, {"error": f"internal error: {exc}", "code": "Internal"})
@@ -175,7 +184,8 @@ class AdminServer:
 
     async def _import(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       monitor: ImportMonitor) -> None:
-        stream = FrameStream(reader, asyncio.get_running_loop())
+        # Like a pull, an import fails when nothing arrives for this long (not a limit on the whole).
+        stream = FrameStream(reader, asyncio.get_running_loop(), self.images.pull_progress_timeout)
         watch = asyncio.create_task(_watch_client(reader, stream, monitor))
         try:
             records = await self.images.import_archive(io.BufferedReader(stream, MAX_FRAME), monitor)

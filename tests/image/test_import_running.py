@@ -19,6 +19,7 @@ from crishim.admin import admin_socket_path
 from crishim.admin.protocol import FRAME_HEADER, line
 from crishim.api.runtime.v1 import api_pb2
 from crishim.image.store import Store
+from crishim.server.app import AlreadyServing, claim_socket
 from tests.harness import REPO, CrishimServer, poll, run
 from tests.image.test_import import store_leftovers as leftovers_of
 from tests.image.test_permissions import NOBODY, open_server
@@ -208,3 +209,20 @@ def test_concurrent_imports_of_one_image(server: CrishimServer, test_images: Tes
     (image,) = server.images().ListImages(api_pb2.ListImagesRequest()).images
     assert image.id == test_images.busybox.id and list(image.repo_tags) == ["example.test/twice:1"]
     assert store_leftovers(server) == []  # nothing but the image's own blobs and layer
+
+
+def test_admin_socket_ownership(server: CrishimServer, test_images: TestImages, tmp_path: Path) -> None:
+    """Claimed like the CRI socket: refused while a crishim serves it, taken over once that one is dead."""
+    path = admin_socket_path(server.root / "run")
+    with pytest.raises(AlreadyServing, match="another crishim"):
+        claim_socket(path)
+    server.kill9()
+    assert path.exists()  # a SIGKILLed crishim leaves its socket behind
+    server.start()
+    archive = docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/after:1")
+    assert crishim_import(server, str(archive)).stdout.split() == [test_images.busybox.id,
+                                                                    "example.test/after:1"]
+    server.stop()
+    assert not path.exists()
+    offline = crishim_import(server, str(archive))  # no crishim: straight into the store
+    assert offline.stdout.split() == [test_images.busybox.id, "example.test/after:1"]
