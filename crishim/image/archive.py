@@ -48,7 +48,7 @@ class ImportMonitor:
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise ImportCancelled("the import was cancelled")
+            raise ImportCancelled("its client went away or crishim is stopping")
 
 
 @dataclass
