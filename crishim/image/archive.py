@@ -9,6 +9,8 @@ is hashed before it enters the store, as pulled blobs are.
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import tarfile
 import threading
 from collections.abc import Callable
@@ -68,6 +70,7 @@ def extract_archive(source: IO[bytes], what: str, dest: Path, monitor: ImportMon
     dest.mkdir()
     done = 0
     reported = 0
+    links: list[tuple[str, str]] = []
     try:
         with tarfile.open(fileobj=source, mode="r|*") as tar:
             for member in tar:
@@ -90,11 +93,27 @@ def extract_archive(source: IO[bytes], what: str, dest: Path, monitor: ImportMon
                             if done - reported >= READ_REPORT_STEP:
                                 reported = done
                                 monitor.report({"event": "read", "bytes": done})
+                elif member.issym() or member.islnk():
+                    base = posixpath.dirname(rel) if member.issym() else ""
+                    links.append((rel, posixpath.normpath(posixpath.join(base, member.linkname))))
+        _link(dest, links, what)
         while source.read(_CHUNK):  # what follows the tar's end (padding): a stream is read to its end
             monitor.check()
     except (tarfile.TarError, EOFError, FileExistsError) as exc:
         raise InvalidArgument(f"{what}: not a usable image archive: {exc}") from exc
     monitor.report({"event": "read", "bytes": done, "done": True})
+
+
+def _link(dest: Path, links: list[tuple[str, str]], what: str) -> None:
+    """Links between the archive's files, as hard links: `docker save` before Docker 25 stores a layer
+    once and links each other layer.tar of the same content to it (`../<id>/layer.tar`)."""
+    for name, target in links:
+        if target == ".." or target.startswith(("../", "/")):
+            raise InvalidArgument(f"{what}: {name} links to {target!r}, outside the archive")
+        source = dest / target
+        if source.is_file() and not source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, dest / name)
 
 
 def _load(path: Path) -> Any:
@@ -107,7 +126,15 @@ def _load(path: Path) -> Any:
 def _blob(root: Path, digest: str) -> Path:
     if not reference.is_digest(digest):
         raise InvalidArgument(f"archive names a bad digest {digest!r}")
-    return root / "blobs" / "sha256" / digest[7:]
+    return _member(root, f"blobs/sha256/{digest[7:]}")
+
+
+def _member(root: Path, name: str) -> Path:
+    """The archive's file `name` (as its own JSON names it), which must be there."""
+    path = root / clean_name(name)
+    if not path.is_file():
+        raise InvalidArgument(f"the archive has no file {name!r}, which it names")
+    return path
 
 
 def _oci_names(annotations: dict[str, str]) -> list[str]:
@@ -137,13 +164,13 @@ def read_layout(root: Path, choose: Any) -> list[ArchiveImage]:
     return found
 
 
-def read_docker_save(root: Path) -> list[ArchiveImage]:
+def read_docker_save(root: Path, _choose: Any = None) -> list[ArchiveImage]:
     found = []
     for entry in _load(root / "manifest.json"):
         names = [str(reference.parse(tag)) for tag in entry.get("RepoTags") or []]
         found.append(ArchiveImage(names=names, top_digest="", manifest=None, manifest_paths=[],
-                                  config_path=root / clean_name(entry["Config"]),
-                                  layer_paths=[root / clean_name(p) for p in entry["Layers"]]))
+                                  config_path=_member(root, entry["Config"]),
+                                  layer_paths=[_member(root, p) for p in entry["Layers"]]))
     return found
 
 
@@ -165,9 +192,11 @@ def read_archive(source: Path | IO[bytes], scratch: Path, choose: Any,
         what = "the archive stream"
         extract_archive(source, what, scratch, monitor)
         root = scratch
-    if (root / "index.json").is_file():
-        return read_layout(root, choose)
-    if (root / "manifest.json").is_file():
-        return read_docker_save(root)
+    for name, reader in (("index.json", read_layout), ("manifest.json", read_docker_save)):
+        if (root / name).is_file():
+            try:
+                return reader(root, choose)
+            except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of a wrong type
+                raise InvalidArgument(f"{what}: malformed {name} or manifest: {exc!r}") from exc
     raise InvalidArgument(f"{what}: neither an OCI image layout (index.json) nor a docker save "
                           "archive (manifest.json)")

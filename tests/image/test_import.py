@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from crishim.image import ImageManager
 from crishim.image.archive import ImportCancelled, ImportMonitor
 from crishim.image.store import Store
 from tests.harness import run
-from tests.image_fixtures import TestImages
+from tests.image_fixtures import TestImages, digest_of, entry, make_tar
 
 pytestmark = pytest.mark.root
 
@@ -88,6 +90,53 @@ async def test_bad_archives(tmp_path: Path, manager: ImageManager) -> None:
         with pytest.raises(InvalidArgument, match=words):
             await manager.import_archive(path)
     assert manager.list() == []
+
+
+def docker_save(path: Path, name: str, layers: list[bytes], links: dict[int, str] | None = None,
+                manifest: list[dict[str, Any]] | None = None) -> Path:
+    """A `docker save` archive as Docker before 25 wrote it: `<i>/layer.tar` per layer, where `links`
+    makes layer i a symlink instead (Docker links a duplicate layer to the first: `../0/layer.tar`)."""
+    spec = {"architecture": "amd64", "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [digest_of(layer) for layer in layers]}}
+    members: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]] = [
+        (entry("config.json"), json.dumps(spec).encode())]
+    for i, layer in enumerate(layers):
+        target = (links or {}).get(i)
+        members.append(entry(f"{i}/layer.tar", tarfile.SYMTYPE, linkname=target) if target
+                       else (entry(f"{i}/layer.tar"), layer))
+    manifest = manifest or [{"Config": "config.json", "RepoTags": [name],
+                             "Layers": [f"{i}/layer.tar" for i in range(len(layers))]}]
+    members.append((entry("manifest.json"), json.dumps(manifest).encode()))
+    path.write_bytes(make_tar(members))
+    return path
+
+
+async def test_legacy_docker_save_with_linked_layers(tmp_path: Path, manager: ImageManager) -> None:
+    layer = make_tar([(entry("same"), b"same content")])
+    other = make_tar([(entry("other"), b"other")])
+    archive = docker_save(tmp_path / "legacy.tar", "example.test/legacy:1", [layer, other, layer],
+                          links={2: "../0/layer.tar"})
+    (record,) = await manager.import_archive(archive)
+    assert [x.diff_id for x in record.layers] == [digest_of(layer), digest_of(other), digest_of(layer)]
+    assert manager.get("example.test/legacy:1") is record
+    assert store_leftovers(manager.store) == []
+
+
+async def test_malformed_docker_saves(tmp_path: Path, manager: ImageManager) -> None:
+    layer = make_tar([(entry("file"), b"content")])
+    cases = {
+        "escaping link": ({"links": {0: "../../../etc/passwd"}}, "outside the archive"),
+        "missing layer": ({"manifest": [{"Config": "config.json", "Layers": ["9/layer.tar"]}]},
+                          "has no file '9/layer.tar'"),
+        "no Layers": ({"manifest": [{"Config": "config.json"}]}, "malformed manifest.json"),
+        "not a list": ({"manifest": {"Config": "config.json"}}, "malformed manifest.json"),
+    }
+    for case, (fields, words) in cases.items():
+        archive = docker_save(tmp_path / "bad.tar", "example.test/bad:1", [layer], **fields)
+        with pytest.raises(InvalidArgument, match=words):
+            await manager.import_archive(archive)
+        assert manager.list() == [], case
+        assert store_leftovers(manager.store) == [], case
 
 
 def test_cli_import_command(tmp_path: Path, test_images: TestImages) -> None:

@@ -21,9 +21,10 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.image.store import Store
 from crishim.server.app import AlreadyServing, claim_socket
 from tests.harness import REPO, CrishimServer, poll, run
+from tests.image.test_import import docker_save
 from tests.image.test_import import store_leftovers as leftovers_of
 from tests.image.test_permissions import NOBODY, open_server
-from tests.image_fixtures import TestImages, digest_of, entry, make_tar
+from tests.image_fixtures import TestImages, entry, make_tar
 from tests.sandbox.podutil import pod_config, run_pod
 from tests.test_e2e import container_config, exec_sync, node_registry, start_container
 
@@ -186,22 +187,11 @@ def test_client_killed_mid_import_leaves_nothing(server: CrishimServer, test_ima
     assert "image import cancelled" in server.log()
 
 
-def docker_save_of_layers(path: Path, name: str, count: int, size: int) -> Path:
-    """A `docker save` archive of `count` layers, each one file of `size` random bytes."""
-    layers = [make_tar([(entry(f"data{i}"), os.urandom(size))]) for i in range(count)]
-    spec = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                       "rootfs": {"type": "layers", "diff_ids": [digest_of(layer) for layer in layers]}})
-    files = {"config.json": spec.encode(), **{f"{i}/layer.tar": layer for i, layer in enumerate(layers)}}
-    files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": [name],
-                                          "Layers": [f"{i}/layer.tar" for i in range(count)]}]).encode()
-    path.write_bytes(make_tar([(entry(member), data) for member, data in files.items()]))
-    return path
-
-
 def test_client_killed_while_layers_unpack_leaves_nothing(server: CrishimServer, tmp_path: Path) -> None:
     """The whole archive sent, the client dies once the first of 40 layers is in: the daemon notices
     (the connection ends) and stops at the next layer, dropping what it stored."""
-    archive = docker_save_of_layers(tmp_path / "many.tar", "example.test/many:1", 40, 2 << 20)
+    layers = [make_tar([(entry(f"data{i}"), os.urandom(2 << 20))]) for i in range(40)]
+    archive = docker_save(tmp_path / "many.tar", "example.test/many:1", layers)
     client = subprocess.Popen(import_command(server, str(archive)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert client.stderr is not None
