@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        monitor = ImportMonitor(report=self._reporter(writer))
+        monitor = ImportMonitor(report=_reporter(writer))
         self._calls[task] = (monitor, writer)
         try:
             uid = peer_uid(writer)
@@ -169,19 +170,6 @@ class AdminServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _reporter(self, writer: asyncio.StreamWriter) -> Any:
-        loop = asyncio.get_running_loop()
-
-        def report(event: dict[str, Any]) -> None:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # a worker thread: the writer belongs to the loop
-                loop.call_soon_threadsafe(_send, writer, event)
-            else:
-                _send(writer, event)
-
-        return report
-
     async def _import(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       monitor: ImportMonitor) -> None:
         # Like a pull, an import fails when nothing arrives for this long (not a limit on the whole).
@@ -205,6 +193,21 @@ async def _watch_client(reader: asyncio.StreamReader, stream: FrameStream, monit
     with contextlib.suppress(ConnectionError):
         await reader.read(1)
     monitor.cancelled.set()
+
+
+def _reporter(writer: asyncio.StreamWriter) -> Callable[[dict[str, Any]], None]:
+    """Progress events to the client, from the loop or from the import's worker threads."""
+    loop = asyncio.get_running_loop()
+
+    def report(event: dict[str, Any]) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: the writer belongs to the loop
+            loop.call_soon_threadsafe(_send, writer, event)
+        else:
+            _send(writer, event)
+
+    return report
 
 
 def _call(request: bytes) -> str:
