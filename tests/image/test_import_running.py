@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,19 @@ def test_bad_requests_are_answered(server: CrishimServer) -> None:
         assert words in answer["error"] and answer["code"] == "InvalidArgument", answer
     garbage = crishim_import_stdin(server, b"not a tar" * 1000, check=False)
     assert garbage.returncode == 1 and b"not a usable image archive" in garbage.stderr
+    assert store_leftovers(server) == []
+
+
+def test_stalled_import_fails_after_the_progress_timeout(server_factory: Callable[..., CrishimServer],
+                                                        test_images: TestImages, tmp_path: Path) -> None:
+    """A client that stops sending (but stays connected) does not pin the import's content forever."""
+    server = server_factory(**{"images.pull_progress_timeout": 1.0})
+    data = docker_archive(tmp_path, f"oci:{test_images.layout}:1", "example.test/stalled:1").read_bytes()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(admin_socket_path(server.root / "run")))
+        sock.sendall(line({"call": "import"}) + FRAME_HEADER.pack(1 << 19) + data[:1 << 19])
+        answers = [json.loads(text) for text in sock.makefile()]
+    assert answers[-1] == {"error": "no archive data for 1s", "code": "ImportCancelled"}
     assert store_leftovers(server) == []
 
 
