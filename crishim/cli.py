@@ -10,6 +10,7 @@ from typing import Any
 
 from crishim import __version__
 from crishim.config import Config, ConfigError, load_config
+from crishim.errors import CrishimError
 from crishim.log import setup_logging
 
 EXIT_CONFIG = 2
@@ -41,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("pod", help="sandbox id, id prefix, name or namespace/name")
     images = sub.add_parser("images", help="manage the image store").add_subparsers(
         dest="images_command", required=True)
-    importer = images.add_parser("import", help="load an OCI layout or `docker save` archive")
-    importer.add_argument("archive", help="OCI layout directory, OCI archive or docker-save tar")
+    importer = images.add_parser(
+        "import", help="load an OCI layout or `docker save` archive (into the running crishim if one "
+        "serves, else straight into the store)")
+    importer.add_argument("archive", help="OCI layout directory, OCI archive or docker-save tar "
+                          "(gzip too); - reads the archive from stdin")
     _pod_parser(sub)
     return parser
 
@@ -108,23 +112,51 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-async def _import_images(config: Config, archive: str) -> int:
-    from crishim.errors import CrishimError
+def _show_progress(event: dict[str, Any]) -> None:
+    mib = event.get("bytes", event.get("size", 0)) / (1 << 20)
+    if event["event"] == "read":
+        print(f"read {mib:.1f} MiB{' (all)' if event.get('done') else ''}", file=sys.stderr)
+    elif event["event"] == "layer":
+        print(f"layer {event['number']}/{event['count']} {event['diff_id'][:19]} {mib:.1f} MiB unpacked",
+              file=sys.stderr)
+
+
+def _import_images(config: Config, archive: str) -> int:
+    """Into the running crishim over its admin socket; into the store directly when none runs."""
+    from crishim.admin import admin_socket_path, client
+
+    path = admin_socket_path(config.run_dir)
+    try:
+        sock = client.connect(path)
+    except PermissionError:
+        print(f"crishim: permission denied on {path}: only root may import images", file=sys.stderr)
+        return 1
+    try:
+        if sock is not None:
+            images = client.import_archive(sock, archive, _show_progress)
+        else:
+            images = asyncio.run(_import_offline(config, archive))
+    except (OSError, client.AdminError, CrishimError) as exc:
+        print(f"crishim: {exc}", file=sys.stderr)
+        return 1
+    for image in images:
+        print(image["id"], " ".join(image["repo_tags"]))
+    return 0
+
+
+async def _import_offline(config: Config, archive: str) -> list[dict[str, Any]]:
     from crishim.image import ImageManager
+    from crishim.image.archive import ImportMonitor
 
     manager = ImageManager(root=Path(config.state_dir) / "images",
                            registry_config_dir=config.images.registry_config_dir)
     try:
         await manager.start()
-        records = await manager.import_archive(Path(archive))
-    except CrishimError as exc:
-        print(f"crishim: {exc}", file=sys.stderr)
-        return 1
+        source = sys.stdin.buffer if archive == "-" else Path(archive)
+        records = await manager.import_archive(source, ImportMonitor(report=_show_progress))
     finally:
         await manager.close()
-    for record in records:
-        print(record.id, " ".join(record.repo_tags))
-    return 0
+    return [{"id": r.id, "repo_tags": r.repo_tags} for r in records]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "images":
-        return asyncio.run(_import_images(config, args.archive))
+        return _import_images(config, args.archive)
     if args.command == "inspect":
         from crishim.telemetry.inspect import inspect
 

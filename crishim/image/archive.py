@@ -1,26 +1,56 @@
 """Reading image archives for `crishim images import`: OCI image layouts and `docker save` tarballs.
 
-Blocking code, run in a worker thread. A tarball is first unpacked (regular files and directories only,
-names checked like layer entries) into a scratch directory of the store, so both kinds are read as
-directories. Every blob is hashed before it enters the store, as pulled blobs are.
+Blocking code, run in a worker thread. A tarball (a file, or a stream of one from the admin socket or
+stdin; gzip-compressed or not) is first unpacked (regular files and directories only, names checked like
+layer entries) into a scratch directory of the store, so both kinds are read as directories. Every blob
+is hashed before it enters the store, as pulled blobs are.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import posixpath
 import tarfile
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from crishim.errors import InvalidArgument
+from crishim.errors import CrishimError, InvalidArgument
 from crishim.image import reference
 from crishim.image.unpack import clean_name
 
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+READ_REPORT_STEP = 32 << 20  # a "read" progress event per this many archive bytes
+_CHUNK = 1 << 20
+
+
+class ImportCancelled(CrishimError):
+    """The import's client went away (or crishim is stopping): what it stored so far is dropped."""
+
+
+def _ignore(_event: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class ImportMonitor:
+    """How an import reports progress (`report`, called from any thread) and learns it must stop.
+
+    Stopping is cooperative: the import checks `cancelled` between chunks and layers, so no worker
+    thread is left writing into the store after the import has failed and cleaned up.
+    """
+
+    report: Callable[[dict[str, Any]], None] = _ignore
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise ImportCancelled("its client went away or crishim is stopping")
 
 
 @dataclass
@@ -35,11 +65,16 @@ class ArchiveImage:
     layer_paths: list[Path]
 
 
-def extract_archive(archive: Path, dest: Path) -> None:
+def extract_archive(source: IO[bytes], what: str, dest: Path, monitor: ImportMonitor) -> None:
+    """Unpack the tar read from `source` (read once, front to back: it may be a pipe) into `dest`."""
     dest.mkdir()
+    done = 0
+    reported = 0
+    links: list[tuple[str, str]] = []
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(fileobj=source, mode="r|*") as tar:
             for member in tar:
+                monitor.check()
                 rel = clean_name(member.name)
                 if not rel:
                     continue
@@ -48,12 +83,37 @@ def extract_archive(archive: Path, dest: Path) -> None:
                     target.mkdir(parents=True, exist_ok=True)
                 elif member.isreg():
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
+                    data = tar.extractfile(member)
+                    assert data is not None
                     with open(target, "xb") as out:
-                        shutil.copyfileobj(source, out, 1 << 20)
-    except (tarfile.TarError, FileExistsError) as exc:
-        raise InvalidArgument(f"{archive}: not a usable image archive: {exc}") from exc
+                        while chunk := data.read(_CHUNK):
+                            monitor.check()
+                            out.write(chunk)
+                            done += len(chunk)
+                            if done - reported >= READ_REPORT_STEP:
+                                reported = done
+                                monitor.report({"event": "read", "bytes": done})
+                elif member.issym() or member.islnk():
+                    base = posixpath.dirname(rel) if member.issym() else ""
+                    links.append((rel, posixpath.normpath(posixpath.join(base, member.linkname))))
+        _link(dest, links, what)
+        while source.read(_CHUNK):  # what follows the tar's end (padding): a stream is read to its end
+            monitor.check()
+    except (tarfile.TarError, EOFError, FileExistsError) as exc:
+        raise InvalidArgument(f"{what}: not a usable image archive: {exc}") from exc
+    monitor.report({"event": "read", "bytes": done, "done": True})
+
+
+def _link(dest: Path, links: list[tuple[str, str]], what: str) -> None:
+    """Links between the archive's files, as hard links: `docker save` before Docker 25 stores a layer
+    once and links each other layer.tar of the same content to it (`../<id>/layer.tar`)."""
+    for name, target in links:
+        if target == ".." or target.startswith(("../", "/")):
+            raise InvalidArgument(f"{what}: {name} links to {target!r}, outside the archive")
+        source = dest / target
+        if source.is_file() and not source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, dest / name)
 
 
 def _load(path: Path) -> Any:
@@ -66,7 +126,15 @@ def _load(path: Path) -> Any:
 def _blob(root: Path, digest: str) -> Path:
     if not reference.is_digest(digest):
         raise InvalidArgument(f"archive names a bad digest {digest!r}")
-    return root / "blobs" / "sha256" / digest[7:]
+    return _member(root, f"blobs/sha256/{digest[7:]}")
+
+
+def _member(root: Path, name: str) -> Path:
+    """The archive's file `name` (as its own JSON names it), which must be there."""
+    path = root / clean_name(name)
+    if not path.is_file():
+        raise InvalidArgument(f"the archive has no file {name!r}, which it names")
+    return path
 
 
 def _oci_names(annotations: dict[str, str]) -> list[str]:
@@ -96,27 +164,39 @@ def read_layout(root: Path, choose: Any) -> list[ArchiveImage]:
     return found
 
 
-def read_docker_save(root: Path) -> list[ArchiveImage]:
+def read_docker_save(root: Path, _choose: Any = None) -> list[ArchiveImage]:
     found = []
     for entry in _load(root / "manifest.json"):
         names = [str(reference.parse(tag)) for tag in entry.get("RepoTags") or []]
         found.append(ArchiveImage(names=names, top_digest="", manifest=None, manifest_paths=[],
-                                  config_path=root / clean_name(entry["Config"]),
-                                  layer_paths=[root / clean_name(p) for p in entry["Layers"]]))
+                                  config_path=_member(root, entry["Config"]),
+                                  layer_paths=[_member(root, p) for p in entry["Layers"]]))
     return found
 
 
-def read_archive(path: Path, scratch: Path, choose: Any) -> list[ArchiveImage]:
-    """The images in `path` (a directory or a tarball, unpacked into `scratch`)."""
-    if not path.exists():
-        raise InvalidArgument(f"{path}: no such file or directory")
-    root = path
-    if not path.is_dir():
-        extract_archive(path, scratch)
+def read_archive(source: Path | IO[bytes], scratch: Path, choose: Any,
+                 monitor: ImportMonitor) -> list[ArchiveImage]:
+    """The images in `source`: a layout directory, a tarball or a stream of one (unpacked into
+    `scratch`)."""
+    if isinstance(source, Path):
+        if not source.exists():
+            raise InvalidArgument(f"{source}: no such file or directory")
+        what = str(source)
+        if source.is_dir():
+            root = source
+        else:
+            with open(source, "rb") as stream:
+                extract_archive(stream, what, scratch, monitor)
+            root = scratch
+    else:
+        what = "the archive stream"
+        extract_archive(source, what, scratch, monitor)
         root = scratch
-    if (root / "index.json").is_file():
-        return read_layout(root, choose)
-    if (root / "manifest.json").is_file():
-        return read_docker_save(root)
-    raise InvalidArgument(f"{path}: neither an OCI image layout (index.json) nor a docker save "
+    for name, reader in (("index.json", read_layout), ("manifest.json", read_docker_save)):
+        if (root / name).is_file():
+            try:
+                return reader(root, choose)
+            except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of a wrong type
+                raise InvalidArgument(f"{what}: malformed {name} or manifest: {exc!r}") from exc
+    raise InvalidArgument(f"{what}: neither an OCI image layout (index.json) nor a docker save "
                           "archive (manifest.json)")

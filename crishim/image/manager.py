@@ -17,17 +17,18 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from crishim.config import ImagesSection
 from crishim.errors import CrishimError, FailedPrecondition, InvalidArgument, NotFound
 from crishim.image import reference
-from crishim.image.archive import DOCKER_LAYER, ArchiveImage, read_archive
+from crishim.image.archive import DOCKER_LAYER, ArchiveImage, ImportMonitor, read_archive
 from crishim.image.reference import Reference
 from crishim.image.registry import (
     INDEX_TYPES,
@@ -480,20 +481,29 @@ class ImageManager:
 
     # --- importing --------------------------------------------------------------------------------
 
-    async def import_archive(self, path: Path) -> builtins.list[ImageRecord]:
-        """Load every image of an OCI layout (directory or tar) or `docker save` tar into the store."""
-        scratch = self.store.ingest / f"import-{os.getpid()}-{id(path)}"
+    async def import_archive(self, source: Path | IO[bytes], monitor: ImportMonitor | None = None
+                             ) -> builtins.list[ImageRecord]:
+        """Load every image of an OCI layout (directory or tar) or `docker save` tar, given as a path
+        or a stream, into the store. A failure or cancellation leaves neither scratch files nor a
+        half-stored image; importing an image again only adds names."""
+        monitor = monitor or ImportMonitor()
+        scratch = self.store.ingest / f"import-{secrets.token_hex(8)}"
         try:
-            found = await asyncio.to_thread(read_archive, Path(path), scratch, choose_platform)
-            return [await self._import_one(image, path) for image in found]
+            found = await asyncio.to_thread(read_archive, source, scratch, choose_platform, monitor)
+            what = f"image in {source}" if isinstance(source, Path) else "image in the archive stream"
+            return [await self._import_one(image, what, scratch, monitor) for image in found]
         except BaseException:
             await asyncio.shield(self._collect())
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    async def _import_one(self, image: ArchiveImage, path: Path) -> ImageRecord:
-        what = f"image in {path}"
+    async def _import_one(self, image: ArchiveImage, what: str, scratch: Path, monitor: ImportMonitor
+                          ) -> ImageRecord:
+        async def put(path: Path, expected: str = "") -> tuple[str, int]:
+            """Unpacked archives are linked into the store; a layout directory (the user's) is copied."""
+            return await asyncio.to_thread(self.store.put_file, path, expected, path.is_relative_to(scratch))
+
         spec_bytes = await asyncio.to_thread(image.config_path.read_bytes)
         spec = _json(spec_bytes, f"config of the {what}")
         if image.manifest is not None:
@@ -509,23 +519,30 @@ class ImageManager:
             blobs: dict[str, int] = {}
             manifest_digest = ""
             for manifest_path in image.manifest_paths:
-                manifest_digest, size = await asyncio.to_thread(self.store.put_file, manifest_path)
+                manifest_digest, size = await put(manifest_path)
                 blobs[manifest_digest] = size
-            config_digest, size = await asyncio.to_thread(self.store.put_file, image.config_path)
+            config_digest, size = await put(image.config_path)
             blobs[config_digest] = size
             sized = []
             for digest, layer_path in zip(expected, image.layer_paths, strict=True):
-                _, size = await asyncio.to_thread(self.store.put_file, layer_path, digest)
+                monitor.check()
+                _, size = await put(layer_path, digest)
                 blobs[digest] = size
                 sized.append({"digest": digest, "size": size, "mediaType": DOCKER_LAYER})
             layers = layers_from(spec, sized if image.manifest is None else descs, what)
             async with self._pinned([layer.diff_id for layer in layers]):
-                for layer in layers:
+                for number, layer in enumerate(layers, 1):
+                    monitor.check()
                     await self._ensure_layer(layer)
+                    monitor.report({"event": "layer", "number": number, "count": len(layers),
+                                    "diff_id": layer.diff_id, "size": blobs[layer.digest]})
+                monitor.check()  # the last moment a cancellation can still keep the image out
                 content = ImageContent(top_digest=image.top_digest, manifest_digest=manifest_digest,
                                        spec_bytes=spec_bytes, layers=layers, blobs=blobs)
                 names = [reference.parse(name) for name in image.names]
-                return await self._commit(content, None, names)
+                record = await self._commit(content, None, names)
+        monitor.report({"event": "image", "id": record.id, "names": image.names})
+        return record
 
     # --- removal ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ but unnamed after a crash is garbage, collected at start.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -20,7 +21,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from crishim.errors import InvalidArgument
 from crishim.store import private_dir, write_bytes_atomic
@@ -85,22 +86,24 @@ class Store:
         if not self.has_blob(digest):
             write_bytes_atomic(self.blob_path(digest), data)
 
-    def put_file(self, src: Path, expected: str = "") -> tuple[str, int]:
-        """Copy `src` into the store, hashing it on the way; returns its digest and size."""
-        hasher = hashlib.sha256()
+    def put_file(self, src: Path, expected: str = "", own: bool = False) -> tuple[str, int]:
+        """Copy `src` into the store, hashing it on the way; returns its digest and size.
+
+        `own`: `src` is the store's own scratch (an unpacked archive, on this filesystem, written by no
+        one else), so it is verified in place and hard-linked instead of copied.
+        """
+        if own:
+            digest, size = _hash_durably(src, None)
+            _check_digest(src, digest, expected)
+            if not self.has_blob(digest):
+                with contextlib.suppress(FileExistsError):  # a concurrent import stored it first
+                    os.link(src, self.blob_path(digest))
+            return digest, size
         tmp = self.ingest / f"file-{secrets.token_hex(8)}"
         try:
-            with open(src, "rb") as source, open(tmp, "wb") as out:
-                while chunk := source.read(1 << 20):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-                size = out.tell()
-            digest = f"sha256:{hasher.hexdigest()}"
-            if expected and digest != expected:
-                raise InvalidArgument(f"{src.name} has digest {digest}, but the archive says "
-                                      f"{expected}")
+            with open(tmp, "wb") as out:
+                digest, size = _hash_durably(src, out)
+            _check_digest(src, digest, expected)
             if not self.has_blob(digest):
                 os.replace(tmp, self.blob_path(digest))
             return digest, size
@@ -150,3 +153,24 @@ class Store:
                 trash = self.layers / f".tmp-gc-{secrets.token_hex(4)}"
                 os.rename(path, trash)
                 shutil.rmtree(trash)
+
+
+def _hash_durably(src: Path, copy: BinaryIO | None) -> tuple[str, int]:
+    """The digest and size of `src`, copied into `copy` if given; what will be stored is on disk after."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as source:
+        while chunk := source.read(1 << 20):
+            hasher.update(chunk)
+            size += len(chunk)
+            if copy is not None:
+                copy.write(chunk)
+        if copy is not None:
+            copy.flush()
+        os.fsync((source if copy is None else copy).fileno())
+    return f"sha256:{hasher.hexdigest()}", size
+
+
+def _check_digest(src: Path, digest: str, expected: str) -> None:
+    if expected and digest != expected:
+        raise InvalidArgument(f"{src.name} has digest {digest}, but the archive says {expected}")

@@ -1,4 +1,5 @@
-"""`crishim serve`: own the socket, serve both CRI services on it, shut down gracefully."""
+"""`crishim serve`: own the socket, serve both CRI services on it (and crishim's admin socket beside it),
+shut down gracefully."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import IO
 
 import grpc
 
+from crishim.admin import admin_socket_path
+from crishim.admin.server import AdminServer
 from crishim.config import Config
 from crishim.runtime import Runtime
 from crishim.server.service import cri_handlers
@@ -89,11 +92,19 @@ def raise_nofile_limit() -> None:
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     sock_path = Path(config.socket)
+    admin_path = admin_socket_path(config.run_dir)
     lock = claim_socket(sock_path)
     raise_nofile_limit()
+    try:
+        admin_lock = claim_socket(admin_path)
+    except AlreadyServing:
+        lock.close()
+        raise
     _use_pidfd_child_watcher()
     runtime = Runtime(config)
     await runtime.start()
+    admin = AdminServer(admin_path, runtime.images)
+    await admin.start()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -121,7 +132,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         log.info("shutting down", extra={"grace_seconds": config.shutdown_grace})
         await server.stop(config.shutdown_grace)
     finally:
+        await admin.close()  # imports in flight are cancelled and cleaned up before the store closes
         await runtime.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)
         lock.close()
+        admin_lock.close()
