@@ -114,7 +114,7 @@ class ContainerManager:
     def __init__(self, root: Path, run_dir: Path, runtimes: dict[str, RuntimeHandler],
                  conmon_path: str, rootfs: RootfsProvider, default_handler: str = "runc",
                  exec_output_limit: int = EXEC_OUTPUT_LIMIT,
-                 infra_binary: str = "/bin/busybox") -> None:
+                 infra_binary: str = "/usr/bin/catatonit") -> None:
         if default_handler not in runtimes:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
         self.root = root
@@ -123,7 +123,7 @@ class ContainerManager:
         self.default_handler = default_handler
         self.conmon = Conmon(conmon_path, str(run_dir / "sock"))
         self.exec_output_limit = exec_output_limit
-        # A static busybox: PID 1 of pod-wide PID namespaces (see ocispec.infra_spec).
+        # A static catatonit: PID 1 of pod-wide PID namespaces (see ocispec.infra_spec).
         self.infra_binary = infra_binary
         self._rootfs = rootfs
         self._containers: dict[str, Container] = {}

@@ -259,7 +259,18 @@ async def test_pod_pid_namespace(env: Env, any_pod: Pod) -> None:
     ps = (await mgr.exec_sync(second, ["ps", "-o", "pid,args"], 10)).stdout.decode()
     assert "sleep 12345" in ps
     pid1 = (await mgr.exec_sync(second, ["cat", "/proc/1/cmdline"], 10)).stdout
-    assert pid1.startswith(b"/busybox\0sh\0-c\0")  # the pod's infra shell is PID 1
+    assert pid1 == b"/catatonit\0-P\0"  # the pod's pause process is PID 1
+    # An orphan is reparented to it and, once it exits, reaped: no zombie stays.
+    states = ["sh", "-c", "cat /proc/[0-9]*/stat"]
+    sleeping = (await mgr.exec_sync(second, states, 10)).stdout.count(b"(sleep)")
+    await mgr.exec_sync(second, ["sh", "-c", "(sleep 1 &)"], 10)
+    assert (await mgr.exec_sync(second, states, 10)).stdout.count(b"(sleep)") == sleeping + 1
+
+    async def orphan_reaped() -> bool:
+        stats = (await mgr.exec_sync(second, states, 10)).stdout.decode()
+        return stats.count("(sleep)") == sleeping and ") Z " not in stats
+
+    await wait_until(orphan_reaped, what="the orphan to exit and be reaped by the pause process")
     assert [c.spec.name for c in mgr.list_containers()] == ["first", "second"]
     await mgr.stop_all(any_pod.sandbox.id, 1)
     assert (await mgr.status(first)).state == ContainerState.EXITED
