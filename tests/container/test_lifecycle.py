@@ -336,6 +336,30 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+async def test_remove_answers_first_and_a_crash_in_between_loses_nothing(
+        env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RemoveContainer answers once the runtime's state and the record are gone; the rootfs and the
+    directory go after. A crishim that dies in between does not bring the container back at restart
+    and removes what was left."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "removed", FOREVER)
+    cdir = env.state / cid
+
+    async def died_before_cleanup(container: object) -> None:
+        return None
+
+    monkeypatch.setattr(first, "_cleanup", died_before_cleanup)
+    await first.remove(cid)
+    assert first.get(cid) is None
+    assert cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid) == []  # runc delete ran before the answer
+    assert await asyncio.to_thread(cdir.is_dir) and mounts_under(cdir)
+    second = env.manager()
+    await second.recover()
+    assert second.get(cid) is None and second.list_containers() == []
+    assert not await asyncio.to_thread(cdir.exists) and mounts_under(cdir) == []
+
+
 async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:
     mgr = env.manager()
     await mgr.recover()
