@@ -275,9 +275,10 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(remove_root, root)
             node = stack.enter_context(make_test_node())
             stack.callback(unmount_tree, root)
-            stack.callback(kill_below, root)
             stack.callback(containers.sweep, [root / "crishim" / "run" / "containers" / "runc",
                                               root / "containerd" / "runc" / "k8s.io"], root, cgroup_top)
+            # Runs first: daemons and monitors a failed bench.peer left, so the sweep need not wait.
+            stack.callback(kill_below, root)
             params = peer.PeerParams(root=str(root), cgroup_top=cgroup_top, pods=args.pods,
                                      rounds=args.rounds, memory_pods=args.memory_pods)
             done = subprocess.run([*node.prefix(), sys.executable, "-m", "bench.peer", params.to_json()],
@@ -291,6 +292,7 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
         if node is not None:
             left = leftovers(node, root, [], cgroup_top)
             results["cleanup"] = {"ok": not left, "leftovers": left}
+            progress(f"cleanup: {left or 'ok'}")  # also when bench.peer failed
     return results
 
 
