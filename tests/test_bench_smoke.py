@@ -12,6 +12,7 @@ import pytest
 
 from bench import main as bench_main
 from bench import peer
+from bench.servers import BenchServer
 from tests.harness import REPO
 
 pytestmark = pytest.mark.root
@@ -120,3 +121,10 @@ def test_peer_mode_arguments() -> None:
     assert (args.peer, args.pods, args.memory_pods) == ("containerd", 10, 0)
     with pytest.raises(SystemExit):
         bench_main.parse_args(["--peer", "dockerd"])
+
+
+def test_bench_server_runs_at_info_as_a_node_does(tmp_path: Path) -> None:
+    """Not the harness's debug, which logs two lines per RPC and would slow every read call."""
+    server = BenchServer(root=tmp_path, node=None)
+    server.write_config()
+    assert 'log_level = "info"' in server.config_path.read_text().splitlines()
