@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iptables util-linux procps containernetworking-plugins runc crun conmon \
-	skopeo umoci docker-registry busybox-static python3-venv ca-certificates
+	skopeo umoci docker-registry busybox-static catatonit python3-venv ca-certificates
 CNI_CONF_DIR ?= /etc/cni/net.d
 N ?= 200
+# `make bench PEER=containerd`: side by side with Debian's containerd (installed for the bench only).
+PEER ?=
+PEER_PACKAGES := containerd
 PYTEST_ARGS ?=
 
 .PHONY: install apt venv run test lint proto bench clean
@@ -46,7 +49,16 @@ proto: venv
 	PYTHON=$(PY) sh scripts/gen_proto.sh
 
 bench: install
+ifeq ($(PEER),)
 	$(PY) -m bench --pods $(N)
+else
+	@missing=$$(for p in $(PEER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing for the bench:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(PY) -m bench --peer $(PEER) --pods $(N)
+endif
 
 clean:
 	rm -rf $(VENV) build *.egg-info

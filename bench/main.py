@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import containers, report, rpc
+from bench import containers, peer, report, rpc
 from bench.ctrfloor import CtrFloorParams
 from bench.floor import FloorParams
 from bench.measure import combine
@@ -98,6 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"containers for the container rows (default min(--pods, "
                              f"{MAX_DEFAULT_CONTAINERS}); 0 skips them)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON results path")
+    parser.add_argument("--peer", choices=["containerd"], default=None,
+                        help="instead: crishim side by side with Debian's containerd (bench/peer.py); "
+                             "--pods fresh pods each (default 200), --rounds, --memory-pods")
+    parser.add_argument("--memory-pods", type=int, default=100,
+                        help="with --peer: pods (one container each) for the memory figures (default 100)")
     args = parser.parse_args(argv)
     try:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -106,17 +111,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.containers is None:
         args.containers = min(args.pods, MAX_DEFAULT_CONTAINERS)
     if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1 or args.rounds < 1 \
-            or args.containers < 0:
+            or args.containers < 0 or args.memory_pods < 0:
         parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale and "
                      "--containers at least 0")
     return args
 
 
-def preflight(containers: int) -> None:
+def preflight(containers: int, peer_name: str | None = None) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root (network namespaces, bind mounts)")
-    tools = ("ip", "nsenter", "iptables", *(CONTAINER_TOOLS if containers else ()))
+    tools = ("ip", "nsenter", "iptables", *(CONTAINER_TOOLS if containers or peer_name else ()),
+             *(peer.PEER_TOOLS if peer_name else ()))
     problems += [f"{tool} is missing (run `make install`)" for tool in tools
                  if shutil.which(tool) is None]
     if not Path("/usr/lib/cni/bridge").exists():
@@ -250,6 +256,46 @@ def leftovers(node: TestNode, root: Path, pids: list[int], cgroup_top: str) -> l
     return found
 
 
+def kill_below(root: Path) -> None:
+    """Blocking, best effort, for the way out: what still runs with a path under `root` (a daemon or
+    monitor the bench's own shutdown did not end)."""
+    for pid in containers.processes_below(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_peer(args: argparse.Namespace) -> dict[str, Any]:
+    """bench.peer in a test node of its own, then the same leftover checks as the main run."""
+    root = Path(tempfile.mkdtemp(prefix="crishim-bench-"))
+    cgroup_top = f"/{root.name}"
+    results: dict[str, Any] = {}
+    node: TestNode | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(remove_root, root)
+            node = stack.enter_context(make_test_node())
+            stack.callback(unmount_tree, root)
+            stack.callback(containers.sweep, [root / "crishim" / "run" / "containers" / "runc",
+                                              root / "containerd" / "runc" / "k8s.io"], root, cgroup_top)
+            # Runs first: daemons and monitors a failed bench.peer left, so the sweep need not wait.
+            stack.callback(kill_below, root)
+            params = peer.PeerParams(root=str(root), cgroup_top=cgroup_top, pods=args.pods,
+                                     rounds=args.rounds, memory_pods=args.memory_pods)
+            done = subprocess.run([*node.prefix(), sys.executable, "-m", "bench.peer", params.to_json()],
+                                  cwd=REPO, stdout=subprocess.PIPE, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"bench.peer failed ({done.returncode}); its log is above")
+            results = json.loads(done.stdout)
+            results["environment"] = {"node": node.name, "root": str(root)}
+            progress("cleaning up")
+    finally:
+        if node is not None:
+            left = leftovers(node, root, [], cgroup_top)
+            results["cleanup"] = {"ok": not left, "leftovers": left}
+            progress(f"cleanup: {left or 'ok'}")  # also when bench.peer failed
+    return results
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     net = bench_network()
     results: dict[str, Any] = {"config": {
@@ -309,10 +355,15 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    preflight(args.containers)
+    preflight(args.containers, args.peer)
     signal.signal(signal.SIGTERM, _terminate)
-    results = run(args)
-    print(report.render(results))
+    if args.peer:
+        results = run_peer(args)
+        cleanup = results["cleanup"]
+        print(peer.render(results) + f"\ncleanup: {'ok' if cleanup['ok'] else cleanup['leftovers']}")
+    else:
+        results = run(args)
+        print(report.render(results))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     progress(f"results written to {args.out}")
     return 0 if results["cleanup"]["ok"] else 1

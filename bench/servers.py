@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,8 +18,11 @@ RECOVERY_TIMEOUT = 120.0
 RECOVERY_POLL = 0.005
 
 
+@dataclass
 class BenchServer(CrishimServer):
-    """A harness server at log level info, as a node runs it, with the figures the benchmark reads."""
+    """A harness server at log level info, as a node runs it, with the figures the benchmark reads.
+    (A dataclass, so that the default below replaces the harness's "debug" in `__init__`: debug logs
+    two lines per RPC, a tenth of a millisecond on each read call.)"""
 
     log_level: str = "info"
 

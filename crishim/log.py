@@ -40,3 +40,17 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Phases:
+    """Milliseconds spent in each named step of one call, for its log line (`make bench PEER=...` reads
+    them): `mark(name)` closes the step that ran since the previous mark."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = round(self.ms.get(name, 0.0) + (now - self._last) * 1000, 3)
+        self._last = now

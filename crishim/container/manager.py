@@ -54,6 +54,7 @@ from crishim.errors import (
     InvalidArgument,
     NotFound,
 )
+from crishim.log import Phases
 from crishim.sandbox.model import NamespaceMode, Sandbox
 from crishim.store import RUN_DIR, private_dir, read_json, write_json_atomic
 
@@ -120,7 +121,7 @@ class ContainerManager:
     def __init__(self, root: Path, run_dir: Path, runtimes: dict[str, RuntimeHandler],
                  conmon_path: str, rootfs: RootfsProvider, default_handler: str = "runc",
                  exec_output_limit: int = EXEC_OUTPUT_LIMIT,
-                 infra_binary: str = "/bin/busybox", idmap_root: Path | None = None) -> None:
+                 infra_binary: str = "/usr/bin/catatonit", idmap_root: Path | None = None) -> None:
         if default_handler not in runtimes:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
         self.root = root
@@ -132,16 +133,18 @@ class ContainerManager:
         self.default_handler = default_handler
         self.conmon = Conmon(conmon_path, str(run_dir / "sock"))
         self.exec_output_limit = exec_output_limit
-        # A static busybox: PID 1 of pod-wide PID namespaces (see ocispec.infra_spec).
+        # A static catatonit: PID 1 of pod-wide PID namespaces (see ocispec.infra_spec).
         self.infra_binary = infra_binary
         self._rootfs = rootfs
         self._containers: dict[str, Container] = {}
         self._names: dict[tuple[str, str, int], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
-        self._runtime_deleted: set[str] = set()
+        # `runtime delete` run right after an exit, outside the container's lock; True once done.
+        self._runtime_deletes: dict[str, asyncio.Future[bool]] = {}
         self._pidfds: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cleanups: dict[str, asyncio.Future[None]] = {}
         self._installed = False
         self._hugetlb = True
         self.features: dict[str, HandlerFeatures] = {}
@@ -228,8 +231,10 @@ class ContainerManager:
         return [replace(c) for c in self._containers.values() if not c.infra and flt.matches(c)]
 
     async def status(self, container_id: str) -> Container:
+        """While conmon is watched its exit wakes `_refresh`, so the record in memory is current."""
         c = self._require(container_id)
-        await self._refresh(c)
+        if c.id not in self._pidfds:
+            await self._refresh(c)
         return replace(c)
 
     # ---- create / start ------------------------------------------------------------------------
@@ -249,16 +254,20 @@ class ContainerManager:
         cid = secrets.token_hex(32)
         self._names[key] = cid
         cdir = self.root / cid
+        phases = Phases()
         try:
             await self._install()
             userns.check_mount_mappings(spec.mounts, bool(sandbox.user_ns_path))
             await asyncio.to_thread(cdir.mkdir, mode=0o700)
+            phases.mark("dir")
             rootfs = await self._rootfs.prepare_rootfs(image.id, cid, cdir)
             rootfs = await self._over_idmapped_layers(sandbox, rootfs, self._idmap_dir(cid) / "rootfs")
+            phases.mark("rootfs_dirs")
             await rootfs.mount()
+            phases.mark("rootfs_mount")
             spec = await self._mount_image_volumes(sandbox, spec, cid, cdir)
             spec = await self._idmap_volumes(spec, cid)
-            c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged))
+            c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged), phases)
         except BaseException:
             self._names.pop(key, None)
             self._containers.pop(cid, None)
@@ -323,9 +332,11 @@ class ContainerManager:
         return replace(spec, mounts=mounts)
 
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
-                      handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str) -> Container:
+                      handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str,
+                      phases: Phases) -> Container:
         sec = spec.security
         passwd, group = await asyncio.to_thread(read_user_files, Path(rootfs))
+        phases.mark("users")
         user = resolve_user(run_as_user=sec.run_as_user, run_as_username=sec.run_as_username,
                             run_as_group=sec.run_as_group, supplemental_groups=sec.supplemental_groups,
                             image_user=str(image.config.get("User") or ""), passwd=passwd,
@@ -338,7 +349,9 @@ class ContainerManager:
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
             hugetlb=self._hugetlb, held_capabilities=self._held_capabilities,
         )
+        phases.mark("spec_inputs")
         oci = build_spec(spec, sandbox, inputs)
+        phases.mark("spec")
         log_path = ""
         if sandbox.spec.log_directory and spec.log_path:
             log_path = os.path.join(sandbox.spec.log_directory, spec.log_path)
@@ -350,22 +363,34 @@ class ContainerManager:
             stop_signal=spec.stop_signal or str(image.config.get("StopSignal") or "SIGTERM"),
             uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids),
         )
-        await self._launch(c, oci, handler)
+        phases.mark("host_paths")
+        await self._launch(c, oci, handler, phases)
         self._notify(c, "created")
         log.info("container created", extra={"container": cid, "container_name": spec.name,
-                                              "sandbox": sandbox.id, "pid": c.pid})
+                                              "sandbox": sandbox.id, "pid": c.pid,
+                                              "phases_ms": phases.ms})
         return c
 
-    async def _launch(self, c: Container, oci: dict[str, Any], handler: RuntimeHandler) -> None:
-        """Write the bundle and the record, then have conmon run `runtime create`."""
-        await asyncio.to_thread(write_json_atomic, Path(c.dir) / "config.json", oci)
+    async def _launch(self, c: Container, oci: dict[str, Any], handler: RuntimeHandler,
+                      phases: Phases | None = None) -> None:
+        """Write the bundle, then have conmon run `runtime create` while the record is written.
+
+        Neither waits for the other: a crishim that dies before the record is on disk finds a
+        directory without one at restart and deletes that container (see `recover`). Only the first
+        record is fsynced: what comes later (pids, RUNNING) is moot after a power cut, which ends
+        the containers too; a killed crishim finds it all the same (renames are atomic).
+        """
+        phases = phases or Phases()
+        await asyncio.to_thread(write_json_atomic, Path(c.dir) / "config.json", oci, durable=False)
+        phases.mark("config_json")
         self._containers[c.id] = c
-        await self._save(c)
+        record = asyncio.ensure_future(self._save(c))
         try:
             c.pid, c.conmon_pid = await conmon_mod.create(
                 self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
                 log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
                 stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
+            phases.mark("conmon_runtime_create")
         except OCIRuntimeError as exc:
             if _MISFIT.search(str(exc)):
                 # Only the runtime can tell (it looks inside the container, after the mounts); the
@@ -373,8 +398,12 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {c.spec.name!r} cannot be set up as requested: "
                                          f"{exc}") from exc
             raise
-        await self._save(c)
+        finally:
+            await record
+        phases.mark("record_wait")
+        await self._save(c, durable=False)
         self._watch(c)
+        phases.mark("record")
 
     async def _pid_namespace_owner(self, sandbox: Sandbox, spec: ContainerSpec,
                                    handler: RuntimeHandler) -> int:
@@ -448,15 +477,19 @@ class ContainerManager:
             if c.state != ContainerState.CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state}, not CREATED")
             started_at = time.time_ns()
+            phases = Phases()
             try:
                 await self.runtimes[c.runtime_handler].start(c.id)
             except OCIRuntimeError:
                 await self._refresh_locked(c)
                 raise
+            phases.mark("runtime_start")
             c.state = ContainerState.RUNNING
             c.started_at = started_at
-            await self._save(c)
+            await self._save(c, durable=False)
+            phases.mark("record")
         self._notify(c, "started")
+        log.info("container started", extra={"container": c.id, "phases_ms": phases.ms})
 
     # ---- stop / remove -------------------------------------------------------------------------
 
@@ -503,29 +536,61 @@ class ContainerManager:
         c = self._containers.get(container_id)
         if c is None:
             return
+        phases = Phases()
         await self.stop(c.id, 0)
+        phases.mark("stop")
         async with self._lock(c.id):
             if self._containers.get(c.id) is not c:
                 return
-            await self._remove_files(c.id, Path(c.dir), self.runtimes[c.runtime_handler])
+            # Usually done when it exited: then the cgroup is gone before we answer, as in containerd.
+            await self._delete_runtime(c.id, self.runtimes[c.runtime_handler])
+            phases.mark("runtime_delete")
+            # Without its record the directory is an unfinished container to a restarted crishim,
+            # which deletes it: the cleanup below may safely be cut short.
+            await asyncio.to_thread(_unlink, Path(c.dir) / RECORD)
+            phases.mark("record")
             self._unwatch(c.id)
             self._containers.pop(c.id, None)
             if not c.infra:
                 self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
             self._exited.pop(c.id, None)
         self._locks.pop(c.id, None)
+        self._cleanups[c.id] = asyncio.ensure_future(self._cleanup(c))
         self._notify(c, "deleted")
+        log.info("container removed", extra={"container": c.id, "phases_ms": phases.ms})
 
-    async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler) -> None:
-        if cid in self._runtime_deleted:
-            self._runtime_deleted.discard(cid)  # deleted right after it exited: no second `delete`
-        else:
-            await handler.delete(cid)
+    async def _cleanup(self, c: Container) -> None:
+        """After RemoveContainer answered (as containerd's snapshot GC runs after its answer): the
+        rootfs and the directory; `remove_all` and `close` wait for it."""
+        phases = Phases()
+        try:
+            await self._remove_files(c.id, Path(c.dir), self.runtimes[c.runtime_handler], phases,
+                                     runtime=False)
+        except Exception as exc:  # left for the next start's recovery, which removes record-less dirs
+            log.warning("container cleanup failed", extra={"container": c.id, "error": str(exc)})
+        finally:
+            self._cleanups.pop(c.id, None)
+        log.info("container files removed", extra={"container": c.id, "phases_ms": phases.ms})
+
+    async def settle(self, container_ids: list[str] | None = None) -> None:
+        """Wait for the background cleanups of removed containers (all of them by default)."""
+        pending = [t for cid, t in self._cleanups.items() if container_ids is None or cid in container_ids]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _remove_files(self, cid: str, cdir: Path, handler: RuntimeHandler,
+                            phases: Phases | None = None, runtime: bool = True) -> None:
+        """The runtime's state (unless `runtime` is False: done already), the rootfs, the files."""
+        phases = phases or Phases()
+        if runtime:
+            await self._delete_runtime(cid, handler)
+        phases.mark("runtime_delete")
         await asyncio.to_thread(userns.release, self._idmap_dir(cid))  # overlays over its layers first
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
+        phases.mark("rootfs_release")
         await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
                                 Path(self.conmon.socket_dir) / cid)
+        phases.mark("dir_remove")
 
     async def stop_all(self, sandbox_id: str, grace: float = 0) -> None:
         """Stop the pod's containers, then its infra process (which ends their PID namespace)."""
@@ -535,11 +600,15 @@ class ContainerManager:
             await self.stop(infra.id, 0)
 
     async def remove_all(self, sandbox_id: str) -> None:
-        await asyncio.gather(*(self.remove(c.id) for c in self.containers_of(sandbox_id)))
+        """Remove the pod's containers and wait until their files are gone too."""
+        removed = [c.id for c in self.containers_of(sandbox_id)]
+        await asyncio.gather(*(self.remove(cid) for cid in removed))
         infra = self._infra_of(sandbox_id)
         if infra is not None:
+            removed.append(infra.id)
             await self.remove(infra.id)
         self._locks.pop(f"infra-{sandbox_id}", None)
+        await self.settle(removed)
 
     # ---- exec, resources, logs -----------------------------------------------------------------
 
@@ -602,8 +671,8 @@ class ContainerManager:
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
-    async def _save(self, c: Container) -> None:
-        await asyncio.to_thread(write_json_atomic, Path(c.dir) / RECORD, c.to_json())
+    async def _save(self, c: Container, durable: bool = True) -> None:
+        await asyncio.to_thread(write_json_atomic, Path(c.dir) / RECORD, c.to_json(), durable=durable)
 
     async def _refresh(self, c: Container, conmon_gone: bool = False) -> None:
         if c.state == ContainerState.EXITED:
@@ -632,14 +701,26 @@ class ContainerManager:
         log.info("container exited", extra={"container": c.id, "exit_code": c.exit_code,
                                              "reason": c.reason})
         self._notify(c, "stopped")
-        self._exited.setdefault(c.id, asyncio.Event()).set()
+        self._runtime_deletes[c.id] = asyncio.ensure_future(self._delete_after_exit(c))
+
+    async def _delete_after_exit(self, c: Container) -> bool:
+        """Free the runtime's state and cgroup at once, then tell StopContainer (as containerd's task
+        delete precedes its exit event); not under the container's lock, which would hold up reads."""
         try:
             await self.runtimes[c.runtime_handler].delete(c.id)
         except OCIRuntimeError as exc:
             log.warning("runtime delete after exit failed", extra={"container": c.id,
                                                                     "error": str(exc)})
-        else:
-            self._runtime_deleted.add(c.id)
+            return False
+        finally:
+            self._exited.setdefault(c.id, asyncio.Event()).set()
+        return True
+
+    async def _delete_runtime(self, cid: str, handler: RuntimeHandler) -> None:
+        """`runtime delete`, unless the one run right after the container's exit succeeded."""
+        deleted = self._runtime_deletes.pop(cid, None)
+        if deleted is None or not await deleted:
+            await handler.delete(cid)
 
     def _watch(self, c: Container) -> None:
         """Get woken when conmon exits: it does so right after writing the exit file."""
@@ -695,7 +776,9 @@ class ContainerManager:
                 await self._refresh(c, conmon_gone=True)
 
     async def close(self) -> None:
-        """Forget the watches; the containers and their monitors keep running."""
+        """Finish removals, forget the watches; the containers and their monitors keep running."""
+        await self.settle()
+        await asyncio.gather(*self._runtime_deletes.values(), return_exceptions=True)
         for cid in list(self._pidfds):
             self._unwatch(cid)
         for task in list(self._tasks):
@@ -787,6 +870,11 @@ def _load_records(root: Path) -> tuple[list[Container], list[str]]:
             log.error("unreadable container record skipped", extra={"path": str(path),
                                                                      "error": str(exc)})
     return records, orphans
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _remove_tree(tree: Path, *files: Path) -> None:

@@ -340,16 +340,16 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
     return result
 
 
-# PID 1 of a pod-wide PID namespace: waits for TERM and reaps whatever is reparented to it.
-INFRA_SCRIPT = "trap 'exit 0' TERM; while :; do sleep 2147483647 & wait $!; done"
-INFRA_BINARY = "/busybox"  # busybox picks the applet from argv[1] only under this name
+# PID 1 of a pod-wide PID namespace: catatonit in pause mode (-P) sleeps on signals, reaps whatever
+# is reparented to it and exits on TERM; one static process of a few hundred KiB.
+INFRA_BINARY = "/catatonit"
 
 
 def infra_spec(sandbox: Sandbox, rootfs: str, cgroups_path: str, binary: str,
                oom_score_adj_floor: int) -> dict[str, Any]:
-    """The pod's infra process for shareProcessNamespace, as CRI-O runs one: a static busybox shell
+    """The pod's infra process for shareProcessNamespace, as CRI-O runs one: a static pause binary
     bind-mounted into an empty read-only root, in the pod's namespaces and a new PID namespace."""
-    spec = ContainerSpec(name="infra", command=[INFRA_BINARY, "sh", "-c", INFRA_SCRIPT])
+    spec = ContainerSpec(name="infra", command=[INFRA_BINARY, "-P"])
     namespace_list = namespaces(spec, sandbox, 0)
     return {
         "ociVersion": OCI_VERSION,

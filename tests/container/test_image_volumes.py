@@ -24,7 +24,7 @@ from tests.container.hostserver import (
     start,
     status,
 )
-from tests.harness import CrishimServer, mounts_below
+from tests.harness import CrishimServer, mounts_below, poll
 from tests.image_fixtures import LayerBlob, TestImages, entry, make_tar
 from tests.sandbox.podutil import stop_and_remove
 
@@ -113,8 +113,9 @@ def test_image_volume_is_mounted_read_only_and_reported(server: CrishimServer, b
     assert leftovers(server) == ([layered.host_path, whole.host_path],
                                  [f"{cid}-volume-0.json", f"{cid}-volume-1.json"])
     remove(server, cid)
-    assert leftovers(server) == ([], [])
-    assert not (server.state_dir / "containers" / cid).exists()
+    # RemoveContainer answers once the container is gone; its files go right after.
+    poll(lambda: leftovers(server) == ([], []), what="the volumes to be unmounted and forgotten")
+    poll(lambda: not (server.state_dir / "containers" / cid).exists(), what="the container's dir to go")
     images.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=layered_id)))
     assert images.ImageStatus(api_pb2.ImageStatusRequest(
         image=api_pb2.ImageSpec(image=layered_id))).image.id == ""

@@ -287,7 +287,18 @@ async def test_pod_pid_namespace(env: Env, any_pod: Pod) -> None:
     ps = (await mgr.exec_sync(second, ["ps", "-o", "pid,args"], 10)).stdout.decode()
     assert "sleep 12345" in ps
     pid1 = (await mgr.exec_sync(second, ["cat", "/proc/1/cmdline"], 10)).stdout
-    assert pid1.startswith(b"/busybox\0sh\0-c\0")  # the pod's infra shell is PID 1
+    assert pid1 == b"/catatonit\0-P\0"  # the pod's pause process is PID 1
+    # An orphan is reparented to it and, once it exits, reaped: no zombie stays.
+    states = ["sh", "-c", "cat /proc/[0-9]*/stat"]
+    sleeping = (await mgr.exec_sync(second, states, 10)).stdout.count(b"(sleep)")
+    await mgr.exec_sync(second, ["sh", "-c", "(sleep 1 &)"], 10)
+    assert (await mgr.exec_sync(second, states, 10)).stdout.count(b"(sleep)") == sleeping + 1
+
+    async def orphan_reaped() -> bool:
+        stats = (await mgr.exec_sync(second, states, 10)).stdout.decode()
+        return stats.count("(sleep)") == sleeping and ") Z " not in stats
+
+    await wait_until(orphan_reaped, what="the orphan to exit and be reaped by the pause process")
     assert [c.spec.name for c in mgr.list_containers()] == ["first", "second"]
     await mgr.stop_all(any_pod.sandbox.id, 1)
     assert (await mgr.status(first)).state == ContainerState.EXITED
@@ -351,6 +362,30 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def test_remove_answers_first_and_a_crash_in_between_loses_nothing(
+        env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RemoveContainer answers once the runtime's state and the record are gone; the rootfs and the
+    directory go after. A crishim that dies in between does not bring the container back at restart
+    and removes what was left."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "removed", FOREVER)
+    cdir = env.state / cid
+
+    async def died_before_cleanup(container: object) -> None:
+        return None
+
+    monkeypatch.setattr(first, "_cleanup", died_before_cleanup)
+    await first.remove(cid)
+    assert first.get(cid) is None
+    assert cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid) == []  # runc delete ran before the answer
+    assert await asyncio.to_thread(cdir.is_dir) and mounts_under(cdir)
+    second = env.manager()
+    await second.recover()
+    assert second.get(cid) is None and second.list_containers() == []
+    assert not await asyncio.to_thread(cdir.exists) and mounts_under(cdir) == []
 
 
 async def test_remove_leaves_nothing(env: Env, any_pod: Pod) -> None:

@@ -107,13 +107,13 @@ def test_namespaces() -> None:
 
 
 def test_infra_spec() -> None:
-    oci = ocispec.infra_spec(pod(), "/root", "/kubepods/i", "/bin/busybox", 5)
-    assert oci["process"]["args"][:3] == [ocispec.INFRA_BINARY, "sh", "-c"]
+    oci = ocispec.infra_spec(pod(), "/root", "/kubepods/i", "/usr/bin/catatonit", 5)
+    assert oci["process"]["args"] == [ocispec.INFRA_BINARY, "-P"]
     assert oci["process"]["oomScoreAdj"] == 5
     assert oci["root"] == {"path": "/root", "readonly": True}
     assert {"type": "pid"} in oci["linux"]["namespaces"]
     assert {"type": "network", "path": "/run/netns/n"} in oci["linux"]["namespaces"]
-    assert {"destination": ocispec.INFRA_BINARY, "type": "bind", "source": "/bin/busybox",
+    assert {"destination": ocispec.INFRA_BINARY, "type": "bind", "source": "/usr/bin/catatonit",
             "options": ["rbind", "rprivate", "ro"]} in oci["mounts"]
 
 
