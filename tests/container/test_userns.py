@@ -325,7 +325,7 @@ def test_pod_pid_namespace_and_sysctls_under_the_pods_user_namespace(
     first = run_container(server, pod_id, pod, "first", busybox_image, ["sleep", "600"])
     second = run_container(server, pod_id, pod, "second", busybox_image, ["sleep", "601"])
     assert "sleep 601" in out(server, first, "ps -o args")
-    assert out(server, first, "cat /proc/1/cmdline | tr '\\0' ' '").startswith("/busybox sh")
+    assert out(server, first, "cat /proc/1/cmdline | tr '\\0' ' '").startswith("/catatonit -P")
     assert out(server, second, "cat /proc/1/uid_map").split() == ["0", str(HOST_ID), str(SIZE)]
     assert out(server, first, "cat /proc/sys/net/ipv4/ping_group_range").split() == ["0", "0"]
     assert out(server, first, "cat /proc/sys/kernel/shm_rmid_forced") == "1"
