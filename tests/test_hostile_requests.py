@@ -350,8 +350,8 @@ def container_configs(draw: st.DrawFn, volume: Path) -> api_pb2.ContainerConfig:
         config.envs.add(key=draw(st.one_of(st.just("K"), texts())), value=draw(texts()))
     for _ in range(draw(st.integers(0, 2))):
         # Host paths stay inside the test's directory: crishim makes missing ones (as containerd does).
-        names = st.text(alphabet=st.characters(exclude_characters="/", codec="utf-8"), max_size=8)
-        host = draw(st.one_of(st.just(str(volume)), names.map(lambda name: f"{volume}/{name}"),
+        file_names = st.text(alphabet=st.characters(exclude_characters="/", codec="utf-8"), max_size=8)
+        host = draw(st.one_of(st.just(str(volume)), file_names.map(lambda name: f"{volume}/{name}"),
                               st.sampled_from(["", "relative", "a\0b"])))
         config.mounts.add(container_path=draw(st.one_of(st.sampled_from(["/mnt", "/", "/proc", "/bin/sh"]),
                                                         texts())), host_path=host,
