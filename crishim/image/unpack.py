@@ -22,13 +22,14 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import shutil
 import stat
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import zstandard
 from isal import igzip, isal_zlib
@@ -452,3 +453,55 @@ def disk_usage(root: Path) -> DiskUsage:
             used += st.st_blocks * 512
     top = os.lstat(root)
     return DiskUsage(bytes=used + top.st_blocks * 512, inodes=len(seen) + 1)
+
+
+class Feed(io.RawIOBase):
+    """Bytes handed from the event loop (`put`, `end`) to the thread that unpacks them (`unpack_fed`).
+    Bounded, so a slow disk slows the download instead of filling memory; the reader consumes to the
+    end even when unpacking failed, so `put` never waits on a reader that gave up."""
+
+    def __init__(self, depth: int = 8) -> None:
+        super().__init__()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._current = memoryview(b"")
+        self._ended = False  # the reader saw the end
+        self._closed_writer = False
+
+    def put(self, chunk: bytes) -> None:
+        """Blocking: run in a worker thread."""
+        self._chunks.put(chunk)
+
+    def end(self) -> None:
+        """No more bytes (also after a failed download: the reader then sees a truncated layer)."""
+        if not self._closed_writer:
+            self._closed_writer = True
+            self._chunks.put(None)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._current:
+            if self._ended:
+                return 0
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._ended = True
+                return 0
+            self._current = memoryview(chunk)
+        size = min(len(buffer), len(self._current))
+        buffer[:size] = self._current[:size]
+        self._current = self._current[size:]
+        return size
+
+    def discard_rest(self) -> None:
+        while not self._ended:
+            self._ended = self._chunks.get() is None
+
+
+def unpack_fed(feed: Feed, dest: Path, diff_id: str, layer: str) -> DiskUsage:
+    """`unpack_stream` of what `feed` is given, as it arrives."""
+    try:
+        return unpack_stream(io.BufferedReader(feed, _CHUNK), dest, diff_id, layer)
+    finally:
+        feed.discard_rest()
