@@ -204,6 +204,18 @@ async def test_tampered_blob_is_not_stored(manager: ImageManager, test_images: T
     assert list(manager.store.ingest.iterdir()) == []
 
 
+async def test_tampered_layer_is_the_registrys_fault_not_the_layers(manager: ImageManager,
+                                                                    test_images: TestImages) -> None:
+    """The layer is unpacked as it arrives: bytes that are no valid gzip (the last byte flipped breaks its
+    trailer) must still be reported as what they are, a registry serving the wrong content."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.tamper, proxy.tamper_min_bytes = True, 10_000  # the layer, not the config
+        with pytest.raises(Unavailable, match=f"digest .* for blob {test_images.base_layer.digest}"):
+            await manager.pull(f"{proxy.host}/busybox:1")
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
+
+
 async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
                                                   test_images: TestImages) -> None:
     with pytest.raises(InvalidArgument, match=r"'\.\.'"):
