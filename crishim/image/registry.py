@@ -259,17 +259,20 @@ class RegistryClient:
 
     async def _chunks(self, response: httpx.Response, what: str, size: int) -> AsyncIterator[bytes]:
         received = 0
-        batch = bytearray()
+        batch: list[bytes] = []  # joined once: one copy of each byte, not two
+        batched = 0
         try:
             async for chunk in response.aiter_raw():
                 received += len(chunk)
                 if received > size:
                     raise ContentMismatch(f"{self.endpoint.url} sent more than the {size} bytes the "
                                           f"manifest declares for {what}")
-                batch += chunk
-                if len(batch) >= _WRITE_BATCH:
-                    yield bytes(batch)
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= _WRITE_BATCH:
+                    yield b"".join(batch)
                     batch.clear()
+                    batched = 0
         except httpx.ReadTimeout as exc:
             raise self._stalled(what, received, size) from exc
         except httpx.HTTPError as exc:
@@ -279,4 +282,4 @@ class RegistryClient:
             raise ContentMismatch(f"{self.endpoint.url} sent {received} of the {size} bytes the manifest "
                                   f"declares for {what}")
         if batch:
-            yield bytes(batch)
+            yield b"".join(batch)
