@@ -1,17 +1,18 @@
 """Pull rows: PullImage of three image shapes from a local registry, against the floor of the same blobs.
 
 Shapes (issue 17 item 7): one 408 MB layer (300 MB of random bytes and 20,000 small random files), ten
-layers of 32 MB, and a 1.3 MB busybox image. They are pushed to a docker-registry on 127.0.0.1, and a
+layers of 32 MB, and a 1 MB busybox image. They are pushed to a docker-registry on 127.0.0.1, and a
 crishim server on the host's network (its image store on the bench's disk) pulls each through its socket
-into an empty store. Wall time is the PullImage call's,
-CPU the server process's (all threads) over the call, from /proc.
+into an empty store. Wall time is the PullImage call's, CPU the server process's (all threads) over the
+call, from /proc.
 
 The floor is what fetching and unpacking the same blobs takes without verification or bookkeeping: a shell
 that GETs the manifest and the config with curl, then runs `curl BLOB | gzip -d | tar -x` for every layer
 at once, each into its own directory; its CPU is the shell's and its children's (wait4). Floor and crishim
-alternate, so background load hits both alike; the big shapes take the median of a few pulls, each by a
-fresh server (see `Shape.fresh_server`), busybox the p50 of 20 by one server, RemoveImage (untimed)
-between them, as critest's benchmark does.
+alternate, so background load hits both alike, with an untimed sync(2) before each pull (crishim syncs the
+layers it unpacks, and would otherwise flush the floor's files too). The big shapes take the median of a
+few pulls, each by a fresh server (see `Shape.fresh_server`), busybox the p50 of 20 by one server,
+RemoveImage (untimed) between them, as critest's benchmark does.
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ def measure(root: Path, pulls: int | None, progress: Callable[[str], None],
             floor: list[tuple[float, float]] = []
             ours: list[tuple[float, float]] = []
             for n in range(count):
+                os.sync()  # untimed: neither side pays for flushing what the other left dirty
                 floor.append(floor_pull(image, root / "pull-floor" / f"{shape.key}-{n}"))
+                os.sync()
                 if shape.fresh_server:
                     ours.append(fresh_pull(root / f"crishim-pull-{shape.key}-{n}", image))
                 else:
