@@ -225,6 +225,19 @@ async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
     assert not (manager.store.root / "escaped").exists()
 
 
+async def test_hostile_layer_refused_early_while_it_still_downloads(manager: ImageManager,
+                                                                   test_images: TestImages) -> None:
+    """The layer is unpacked as it arrives and its first entry is refused: the rest (far more than the
+    feed between download and unpacking holds) must still be read and checked, not leave the download
+    waiting on an unpacker that gave up."""
+    evil = LayerBlob.from_tar(make_tar([entry("../escaped"), (entry("filler"), os.urandom(24 << 20))]))
+    image = test_images.registry.push_image("evil-early", ["1"], [evil])
+    with pytest.raises(InvalidArgument, match=r"'\.\.'"):
+        await asyncio.wait_for(manager.pull(image.ref), 60)
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
+
+
 async def test_whiteout_of_dotdot_leaves_the_store_and_earlier_images(
         tmp_path: Path, manager: ImageManager, test_images: TestImages) -> None:
     """`.wh...` once named `<store>/layers/.tmp-X/..`, i.e. `layers/` itself, for deletion."""
