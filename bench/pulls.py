@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import tarfile
@@ -36,6 +35,7 @@ from isal import igzip
 
 from bench.servers import BenchServer
 from crishim.api.runtime.v1 import api_pb2
+from tests.harness import remove_root
 from tests.image_fixtures import BUSYBOX, LayerBlob, Registry, free_port
 
 MB = 1 << 20
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                           lambda m: print(f"[pulls {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr),
                           tuple(args[1:]))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)  # servers leave their run dir's tmpfs mounted
     print("\n".join(render(results)))
     print(json.dumps(results, indent=1))
     return 0
