@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import containers, peer, report, rpc
+from bench import containers, peer, pulls, report, rpc
 from bench.ctrfloor import CtrFloorParams
 from bench.floor import FloorParams
 from bench.measure import combine
@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--containers", type=int, default=None,
                         help=f"containers for the container rows (default min(--pods, "
                              f"{MAX_DEFAULT_CONTAINERS}); 0 skips them)")
+    parser.add_argument("--pulls", type=int, default=None,
+                        help="pulls per image shape for the pull rows (default 3 for the large shapes, 20 "
+                             "for busybox; 0 skips them)")
+    parser.add_argument("--pull-shapes", default=",".join(s.key for s in pulls.SHAPES),
+                        help="comma-separated image shapes for the pull rows (default all: "
+                             f"{', '.join(s.key for s in pulls.SHAPES)})")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON results path")
     parser.add_argument("--peer", choices=["containerd"], default=None,
                         help="instead: crishim side by side with Debian's containerd (bench/peer.py); "
@@ -108,12 +114,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         parser.error(f"--concurrency: {args.concurrency!r} is not a comma-separated list of integers")
+    args.shapes = tuple(x.strip() for x in args.pull_shapes.split(",") if x.strip())
+    unknown = set(args.shapes) - {s.key for s in pulls.SHAPES}
+    if unknown:
+        parser.error(f"--pull-shapes: unknown shape(s) {', '.join(sorted(unknown))}")
     if args.containers is None:
         args.containers = min(args.pods, MAX_DEFAULT_CONTAINERS)
     if args.pods < 1 or args.scale < 0 or not args.levels or min(args.levels) < 1 or args.rounds < 1 \
-            or args.containers < 0 or args.memory_pods < 0:
-        parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale and "
-                     "--containers at least 0")
+            or args.containers < 0 or args.memory_pods < 0 or (args.pulls is not None and args.pulls < 0):
+        parser.error("--pods, --rounds and every --concurrency level must be at least 1, --scale, "
+                     "--containers, --memory-pods and --pulls at least 0")
     return args
 
 
@@ -338,6 +348,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["containers"] = measure_containers(node, root, server, image, args.containers,
                                                            args.rounds, cgroup_top)
             server.stop()
+            results["pulls"] = {"measured": False, "note": "skipped (--pulls 0)"}
+            if args.pulls != 0 and args.shapes:
+                results["pulls"] = pulls.measure(root / "pulls", args.pulls, progress, args.shapes)
             if args.scale:
                 results["scale"] = measure_scale(stack, node, root, args.scale)
             progress("cleaning up")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench import pulls
+
 RUN_RATIO = 1.15
 TEARDOWN_RATIO = 1.15
 THROUGHPUT_RATIO = 0.9
@@ -80,6 +82,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         if r is not None:
             found.append(Target(f"pods/s vs floor (c={level})", THROUGHPUT_RATIO, r["pods_per_s_vs_floor"],
                                 at_least=True))
+    found += pull_targets(results.get("pulls") or {})
     scale = results.get("scale")
     if scale:
         count = scale["sandboxes"]
@@ -91,6 +94,18 @@ def targets(results: dict[str, Any]) -> list[Target]:
             Target(f"RSS MB, {count} sandboxes{note}", RSS_MB, top["rss_mb"]),
             Target(f"recovery s, {count} sandboxes{note}", RECOVERY_S, scale["recovery_s"]),
         ]
+    return found
+
+
+def pull_targets(pulls: dict[str, Any]) -> list[Target]:
+    """Issue 17: a pull's wall time and CPU at or below containerd 1.6's on this machine."""
+    found = []
+    for shape in pulls.get("shapes", {}).values():
+        ours, ref = shape["crishim"], shape["containerd"]
+        found.append(Target(f"pull s, {shape['label']} (containerd 1.6)", ref["wall_s"], ours["wall_s"]))
+        if ref["cpu_s"] is not None:
+            found.append(Target(f"pull CPU s, {shape['label']} (containerd 1.6)", ref["cpu_s"],
+                                ours["cpu_s"]))
     return found
 
 
@@ -168,7 +183,10 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"  restart after kill -9 with {scale['sandboxes']} records: first Version answer after "
                      f"{scale['recovery_s']} s (process start + recovery), RSS then "
                      f"{scale['rss_after_recovery_mb']} MB, {scale['ready_after_recovery']} READY")
-    lines += ["", *render_containers(results["containers"]), "", "targets"]
+    lines += ["", *render_containers(results["containers"])]
+    if "pulls" in results:
+        lines += ["", *pulls.render(results["pulls"])]
+    lines += ["", "targets"]
     for target in results["targets"]:
         lines.append(f"  {target['verdict']:<5} {target['name']:<58} {target['goal']:>9}  measured "
                      f"{'-' if target['measured'] is None else target['measured']}")

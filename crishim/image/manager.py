@@ -41,7 +41,7 @@ from crishim.image.registry import (
 from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
 from crishim.image.store import INDEX_VERSION, Store, sha256_digest
-from crishim.image.unpack import DiskUsage, disk_usage, unpack_layer
+from crishim.image.unpack import DiskUsage, Feed, disk_usage, unpack_fed, unpack_layer
 from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
 
@@ -350,8 +350,10 @@ class ImageManager:
 
                 async def one(layer: Layer) -> None:
                     async with limit:
+                        if not await asyncio.to_thread(self._layer_ready, layer):
+                            await self._once(f"layer:{layer.diff_id}",
+                                             lambda: self._fetch_layer(client, layer))
                         await self._ensure_blob(client, {"digest": layer.digest, "size": layer.size})
-                        await self._ensure_layer(layer)
 
                 # Every layer settles before the pull answers: a failed layer must not leave a
                 # sibling still unpacking behind the garbage collection that follows the error.
@@ -404,32 +406,76 @@ class ImageManager:
             raise ContentMismatch(f"the manifest from {client.endpoint.url} declares {size} bytes for "
                                   f"blob {digest}, the stored blob of that digest has {stored}")
 
-    async def _download(self, client: RegistryClient, digest: str, size: int) -> None:
+    async def _download(self, client: RegistryClient, digest: str, size: int, layer: Layer | None = None
+                        ) -> None:
+        """Store the blob; with `layer`, unpack it too as it arrives (in a thread, fed through a
+        `Feed`), committed only once the blob's digest is right: download, hashing, decompression and
+        extraction overlap instead of following one another."""
         if await asyncio.to_thread(self.store.has_blob, digest):
             return
         tmp = self.store.ingest_path(digest)
-        out = await asyncio.to_thread(open, tmp, "wb")
+        out = await asyncio.to_thread(open, tmp, "wb", buffering=0)
+        hasher = hashlib.sha256()
+        feed: Feed | None = None
+        unpacking: asyncio.Future[DiskUsage] | None = None
+        layer_tmp: Path | None = None
+        if layer is not None:
+            feed, layer_tmp = Feed(), self.store.layer_tmp(layer.diff_id)
+            unpacking = asyncio.ensure_future(asyncio.to_thread(unpack_fed, feed, layer_tmp, layer.diff_id,
+                                                                layer.digest))
+
+        def take(chunk: bytes) -> None:
+            hasher.update(chunk)
+            out.write(chunk)
+            if feed is not None:
+                feed.put(chunk)
+
         try:
-            hasher = hashlib.sha256()
             async with client.blob(digest, size) as chunks:
                 async for chunk in chunks:
-                    hasher.update(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+                    await asyncio.to_thread(take, chunk)
+            if feed is not None:
+                await asyncio.to_thread(feed.end)
             actual = f"sha256:{hasher.hexdigest()}"
             if actual != digest:
                 raise ContentMismatch(f"{client.endpoint.url} served bytes with digest {actual} for "
                                       f"blob {digest}: not stored")
             await asyncio.to_thread(_flush_close, out)
             await asyncio.to_thread(self.store.commit_ingest, tmp, digest)
+            if unpacking is not None and layer is not None and layer_tmp is not None:
+                usage = await unpacking
+                await asyncio.to_thread(self.store.commit_layer, layer_tmp, layer.diff_id)
+                self._layer_usage[layer.diff_id] = usage
         finally:
+            if feed is not None:
+                await asyncio.to_thread(feed.end)  # blocks while the feed is full
+            if unpacking is not None:
+                await asyncio.wait([unpacking])  # the thread ends once the feed has ended
+                if not unpacking.cancelled():
+                    unpacking.exception()  # a download error explains a truncated layer better
             await asyncio.to_thread(out.close)
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            if layer_tmp is not None:
+                await asyncio.to_thread(shutil.rmtree, layer_tmp, True)
+
+    def _layer_ready(self, layer: Layer) -> bool:
+        return self.store.layer_path(layer.diff_id).exists() and layer.diff_id in self._layer_usage
 
     async def _ensure_layer(self, layer: Layer) -> None:
-        if await asyncio.to_thread(self.store.layer_path(layer.diff_id).exists) \
-                and layer.diff_id in self._layer_usage:
-            return
-        await self._once(f"layer:{layer.diff_id}", lambda: self._unpack(layer))
+        if not await asyncio.to_thread(self._layer_ready, layer):
+            await self._once(f"layer:{layer.diff_id}", lambda: self._unpack(layer))
+
+    async def _fetch_layer(self, client: RegistryClient, layer: Layer) -> None:
+        """Download and unpack at once unless the blob is stored or on its way already."""
+        digest = layer.digest
+        if f"blob:{digest}" not in self._inflight \
+                and not await asyncio.to_thread(self.store.has_blob, digest) \
+                and not await asyncio.to_thread(self.store.layer_path(layer.diff_id).exists):
+            await self._once(f"blob:{digest}", lambda: self._download(client, digest, layer.size, layer))
+        else:
+            await self._ensure_blob(client, {"digest": digest, "size": layer.size})
+        if not await asyncio.to_thread(self._layer_ready, layer):
+            await self._unpack(layer)
 
     async def _unpack(self, layer: Layer) -> None:
         final = self.store.layer_path(layer.diff_id)

@@ -20,17 +20,19 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import io
 import os
+import queue
 import shutil
 import stat
 import tarfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 
 import zstandard
+from isal import igzip, isal_zlib
 
 from crishim.errors import InvalidArgument
 
@@ -41,6 +43,7 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # isal is untyped
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # What a layer's own content can make a file operation fail with (a name too long, a file where a
 # directory must be, too many links); anything else (ENOSPC, EIO) is the host's problem, not the layer's.
@@ -58,34 +61,101 @@ class DiskUsage:
     inodes: int
 
 
-class _HashingReader:
-    """A read-only stream that hashes everything read through it."""
+def _open_uncompressed(raw: io.BufferedReader) -> IO[bytes]:
+    """The tar stream inside `raw`, by its magic (peeked, so `raw` need not seek): gzip, zstd (all
+    frames, as zstd:chunked has many) or plain tar."""
+    magic = raw.peek(4)[:4]
+    if magic.startswith(_GZIP_MAGIC):
+        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call,return-value]
+    if magic == _ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+    return raw
 
-    def __init__(self, inner: IO[bytes]) -> None:
-        self.inner = inner
+
+class _TarStream:
+    """The uncompressed layer: hashed as it is read, read by tarfile's header parser through `read` and
+    `tell`, and copied into files straight from the same buffer."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
         self.hash = hashlib.sha256()
+        self._buf = b""
+        self._pos = 0
+        self._start = 0  # stream offset of _buf[0]
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size)
-        self.hash.update(data)
-        return data
+    def _fill(self) -> bool:
+        """The next chunk into the buffer; False at the end of the stream."""
+        self._start += len(self._buf)
+        self._buf = self.source.read(_CHUNK)
+        self._pos = 0
+        self.hash.update(self._buf)
+        return bool(self._buf)
+
+    def tell(self) -> int:
+        return self._start + self._pos
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes, fewer only at the end."""
+        end = self._pos + size
+        if end <= len(self._buf):
+            data = self._buf[self._pos:end]
+            self._pos = end
+            return data
+        parts = [self._buf[self._pos:]]
+        self._pos = len(self._buf)
+        need = size - len(parts[0])
+        while need > 0 and self._fill():
+            parts.append(self._buf[:need])
+            self._pos = len(parts[-1])
+            need -= self._pos
+        return b"".join(parts)
+
+    def copy(self, fd: int | None, size: int) -> None:
+        """The next `size` bytes written to `fd` (or dropped, when None); they must all be there."""
+        while size:
+            if self._pos == len(self._buf) and not self._fill():
+                raise EOFError("unexpected end of data")
+            end = min(len(self._buf), self._pos + size)
+            if fd is not None:
+                view = memoryview(self._buf)[self._pos:end]
+                while view:
+                    view = view[os.write(fd, view):]
+            size -= end - self._pos
+            self._pos = end
+
+    def skip_to(self, offset: int) -> None:
+        if offset > self.tell():
+            self.copy(None, offset - self.tell())
 
     def drain(self) -> str:
-        while self.read(_CHUNK):
+        """Read to the end (trailing blocks count for the diff_id too); the digest of all of it."""
+        self._pos = len(self._buf)
+        while self._fill():
             pass
         return f"sha256:{self.hash.hexdigest()}"
 
 
-def _open_uncompressed(raw: IO[bytes]) -> IO[bytes]:
-    """The tar stream inside `raw`, by its magic: gzip, zstd (all frames, as zstd:chunked has many) or
-    plain tar."""
-    magic = raw.read(4)
-    raw.seek(0)
-    if magic.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if magic == _ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
-    return raw
+class _Members:
+    """The members of the tar in `stream`, each parsed by `tarfile.TarInfo.fromtarfile`, which reads the
+    attributes of a TarFile given here; where the archive ends and what is an error are TarFile.next's."""
+
+    encoding = tarfile.ENCODING
+    errors = "surrogateescape"
+
+    def __init__(self, stream: _TarStream) -> None:
+        self.fileobj = stream
+        self.offset = 0  # where the next header starts: fromtarfile moves it past the member's data
+        self.pax_headers: dict[str, str] = {}  # PAX global headers, which fromtarfile keeps here
+
+    def next(self) -> tarfile.TarInfo | None:
+        self.fileobj.skip_to(self.offset)
+        try:
+            return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+        except tarfile.HeaderError as exc:  # what each kind means is TarFile.next's
+            kind = type(exc).__name__
+            if kind == "SubsequentHeaderError" or (self.offset == 0 and kind != "EOFHeaderError"):
+                raise tarfile.ReadError("empty file" if kind == "EmptyHeaderError" else str(exc)) from None
+        return None  # the end marker, or a bad header after the first (tarfile stops there too)
 
 
 def components(name: str, entry: str = "") -> list[str]:
@@ -217,16 +287,16 @@ class _Extractor:
         self._clear(fd, target)
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
 
-    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def entry(self, stream: _TarStream, member: tarfile.TarInfo) -> None:
         try:
-            self._entry(tar, member)
+            self._entry(stream, member)
         except OSError as exc:
             if exc.errno not in _CONTENT_ERRNOS:
                 raise
             raise LayerError(f"entry {member.name!r} cannot be unpacked: "
                              f"{os.strerror(exc.errno)}") from exc
 
-    def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _entry(self, stream: _TarStream, member: tarfile.TarInfo) -> None:
         parts = components(member.name)
         if not parts:
             if member.isdir():
@@ -252,12 +322,11 @@ class _Extractor:
             except FileExistsError:  # an earlier entry's: replaced (rare, so not checked first)
                 self._clear(fd, name)
                 out_fd = os.open(name, flags, 0o600, dir_fd=fd)
-            with os.fdopen(out_fd, "wb") as out:
-                source = tar.extractfile(member)
-                if source is not None:
-                    shutil.copyfileobj(source, out, _CHUNK)
-                out.flush()
+            try:
+                self._write(out_fd, stream, member)
                 self._set_attrs(out_fd, member)
+            finally:
+                os.close(out_fd)
             return
         elif member.islnk():
             self._hard_link(fd, name, member)
@@ -275,6 +344,20 @@ class _Extractor:
         else:
             raise LayerError(f"entry {member.name!r} has an unsupported type {member.type!r}")
         self._attrs(fd, name, member)
+
+    @staticmethod
+    def _write(fd: int, stream: _TarStream, member: tarfile.TarInfo) -> None:
+        """The file's data; a sparse file's chunks at their offsets, its holes left holes."""
+        if member.sparse is None:
+            stream.copy(fd, member.size)
+            return
+        for offset, size in cast(list[tuple[int, int]], member.sparse):  # typeshed says int
+            if offset < 0 or size < 0 or offset + size > member.size:
+                raise LayerError(f"entry {member.name!r} has a sparse chunk of {size} bytes at {offset}, "
+                                 f"outside its {member.size} bytes")
+            os.lseek(fd, offset, os.SEEK_SET)
+            stream.copy(fd, size)
+        os.ftruncate(fd, member.size)
 
     def _hard_link(self, fd: int, name: str, member: tarfile.TarInfo) -> None:
         target = components(member.linkname, member.name)
@@ -324,25 +407,32 @@ class _Extractor:
 def unpack_layer(blob: Path, dest: Path, diff_id: str) -> DiskUsage:
     """Unpack `blob` (a store blob, named by its sha256 hex) into the new directory `dest`; checks the
     uncompressed digest against `diff_id`. Errors name the layer and the entry."""
-    layer = f"sha256:{blob.name}"
+    with open(blob, "rb") as raw:
+        return unpack_stream(raw, dest, diff_id, f"sha256:{blob.name}")
+
+
+def unpack_stream(raw: io.BufferedReader, dest: Path, diff_id: str, layer: str) -> DiskUsage:
+    """Unpack the layer blob `raw` reads (compressed or not, read once from start to end) into the new
+    directory `dest`; checks the uncompressed digest against `diff_id`. `layer` names it in errors."""
     dest.mkdir(mode=0o755)  # a read-only stack's root is its top layer's: `layers/` keeps others out
     root = os.open(dest, _DIR_FLAGS)
     try:
-        with open(blob, "rb") as raw:
-            reader = _HashingReader(_open_uncompressed(raw))
-            extractor = _Extractor(root)
-            try:
-                with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                    for member in tar:
-                        extractor.entry(tar, member)
-                    extractor.finish()
-            except LayerError as exc:
-                raise LayerError(f"layer {layer}: {exc}") from exc
-            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
-                raise LayerError(f"layer {layer} is not a valid tar archive: {exc}") from exc
-            finally:
-                extractor.close()
-            actual = reader.drain()
+        stream = _TarStream(_open_uncompressed(raw))
+        members = _Members(stream)
+        extractor = _Extractor(root)
+        try:
+            while (member := members.next()) is not None:
+                extractor.entry(stream, member)
+                if stream.tell() > members.offset:
+                    raise LayerError(f"entry {member.name!r} has more data than its header declares")
+            extractor.finish()
+            actual = stream.drain()
+        except LayerError as exc:
+            raise LayerError(f"layer {layer}: {exc}") from exc
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, _INFLATE_ERROR, zstandard.ZstdError) as exc:
+            raise LayerError(f"layer {layer} is not a valid tar archive: {exc}") from exc
+        finally:
+            extractor.close()
     finally:
         os.close(root)
     if actual != diff_id:
@@ -363,3 +453,55 @@ def disk_usage(root: Path) -> DiskUsage:
             used += st.st_blocks * 512
     top = os.lstat(root)
     return DiskUsage(bytes=used + top.st_blocks * 512, inodes=len(seen) + 1)
+
+
+class Feed(io.RawIOBase):
+    """Bytes handed from the event loop (`put`, `end`) to the thread that unpacks them (`unpack_fed`).
+    Bounded, so a slow disk slows the download instead of filling memory; the reader consumes to the
+    end even when unpacking failed, so `put` never waits on a reader that gave up."""
+
+    def __init__(self, depth: int = 8) -> None:
+        super().__init__()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._current = memoryview(b"")
+        self._ended = False  # the reader saw the end
+        self._closed_writer = False
+
+    def put(self, chunk: bytes) -> None:
+        """Blocking: run in a worker thread."""
+        self._chunks.put(chunk)
+
+    def end(self) -> None:
+        """No more bytes (also after a failed download: the reader then sees a truncated layer)."""
+        if not self._closed_writer:
+            self._closed_writer = True
+            self._chunks.put(None)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._current:
+            if self._ended:
+                return 0
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._ended = True
+                return 0
+            self._current = memoryview(chunk)
+        size = min(len(buffer), len(self._current))
+        buffer[:size] = self._current[:size]
+        self._current = self._current[size:]
+        return size
+
+    def discard_rest(self) -> None:
+        while not self._ended:
+            self._ended = self._chunks.get() is None
+
+
+def unpack_fed(feed: Feed, dest: Path, diff_id: str, layer: str) -> DiskUsage:
+    """`unpack_stream` of what `feed` is given, as it arrives."""
+    try:
+        return unpack_stream(io.BufferedReader(feed, _CHUNK), dest, diff_id, layer)
+    finally:
+        feed.discard_rest()

@@ -1,9 +1,10 @@
 """A tiny HTTP proxy in front of the test registry, for faults a real registry cannot produce.
 
 It forwards GETs (one request per connection, `Connection: close`) and can flip a byte of every blob
-(`tamper`), send blobs chunked without a Content-Length (`chunked`), or stall inside any blob of at least
-`stall_min_bytes`: it sends the blob in `stall_pauses + 1` pieces and pauses `stall_seconds` after each
-but the last (None: until the proxy stops). It counts the requests it saw per path.
+of at least `tamper_min_bytes` (`tamper`), send blobs chunked without a Content-Length (`chunked`), or
+stall inside any blob of at least `stall_min_bytes`: it sends the blob in `stall_pauses + 1` pieces and
+pauses `stall_seconds` after each but the last (None: until the proxy stops). It counts the requests it
+saw per path.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class RegistryProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tamper = False
+        self.tamper_min_bytes = 0
         self.chunked = False
         self.stall_min_bytes = 0
         self.stall_pauses = 1
@@ -56,7 +58,7 @@ class RegistryProxy:
             response = await self._client.request(method, f"{self.upstream}{path}", headers=headers)
             body = response.content
             is_blob = "/blobs/" in path and response.status_code == 200
-            if is_blob and self.tamper:
+            if is_blob and self.tamper and len(body) >= self.tamper_min_bytes:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
             lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}", "Connection: close"]
             chunked = is_blob and self.chunked

@@ -204,6 +204,18 @@ async def test_tampered_blob_is_not_stored(manager: ImageManager, test_images: T
     assert list(manager.store.ingest.iterdir()) == []
 
 
+async def test_tampered_layer_is_the_registrys_fault_not_the_layers(manager: ImageManager,
+                                                                    test_images: TestImages) -> None:
+    """The layer is unpacked as it arrives: bytes that are no valid gzip (the last byte flipped breaks its
+    trailer) must still be reported as what they are, a registry serving the wrong content."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.tamper, proxy.tamper_min_bytes = True, 10_000  # the layer, not the config
+        with pytest.raises(Unavailable, match=f"digest .* for blob {test_images.base_layer.digest}"):
+            await manager.pull(f"{proxy.host}/busybox:1")
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
+
+
 async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
                                                   test_images: TestImages) -> None:
     with pytest.raises(InvalidArgument, match=r"'\.\.'"):
@@ -211,6 +223,19 @@ async def test_layer_escaping_its_dir_is_rejected(manager: ImageManager,
     assert manager.list() == [] and stored(manager) == ([], [])
     assert not (manager.store.layers / "escaped").exists()
     assert not (manager.store.root / "escaped").exists()
+
+
+async def test_hostile_layer_refused_early_while_it_still_downloads(manager: ImageManager,
+                                                                   test_images: TestImages) -> None:
+    """The layer is unpacked as it arrives and its first entry is refused: the rest (far more than the
+    feed between download and unpacking holds) must still be read and checked, not leave the download
+    waiting on an unpacker that gave up."""
+    evil = LayerBlob.from_tar(make_tar([entry("../escaped"), (entry("filler"), os.urandom(24 << 20))]))
+    image = test_images.registry.push_image("evil-early", ["1"], [evil])
+    with pytest.raises(InvalidArgument, match=r"'\.\.'"):
+        await asyncio.wait_for(manager.pull(image.ref), 60)
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
 
 
 async def test_whiteout_of_dotdot_leaves_the_store_and_earlier_images(

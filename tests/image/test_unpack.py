@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import stat
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -265,3 +267,89 @@ def test_zstd_layer_of_several_frames(tmp_path: Path) -> None:
     blob.write_bytes(compressor.compress(tar)[:-8])
     with pytest.raises(LayerError, match="not a valid tar"):
         unpack_layer(blob, tmp_path / "again", digest_of(tar))
+
+
+# --- formats: what GNU tar writes, unpacked as GNU tar itself unpacks it -----------------------------
+
+def gnu_tar_source(base: Path) -> Path:
+    """Files that need the extended headers: sparse files, names and link targets past 100 bytes,
+    hard links, a fifo, an empty file and one of exactly one block."""
+    src = base / "src"
+    deep = src / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 90)).write_bytes(b"long name\n")
+    with open(src / "sparse", "wb") as f:
+        f.write(b"head")
+        f.seek(3 << 20)
+        f.write(b"middle" * 1000)
+        f.truncate(8 << 20)  # ends in a hole
+    with open(src / "sparse-tail", "wb") as f:
+        f.seek(1 << 20)
+        f.write(b"tail")
+    (src / "empty").write_bytes(b"")
+    (src / "block").write_bytes(os.urandom(512))
+    (src / "big").write_bytes(os.urandom(3 << 20))  # spans several of the reader's chunks
+    os.link(src / "big", src / "big-link")
+    os.symlink("/" + "t" * 150, src / "long-link")
+    os.mkfifo(src / "fifo")
+    os.chmod(src / "block", 0o4711)
+    return src
+
+
+def tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Type, mode, size, content or link target, and hard link groups of everything under `root`."""
+    found: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            body: object = path.read_bytes() if stat.S_ISREG(st.st_mode) else \
+                os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            group = inodes.setdefault(st.st_ino, rel) if stat.S_ISREG(st.st_mode) else None
+            found[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, body, group)
+    return found
+
+
+@pytest.mark.parametrize("options", [["--format=gnu"], ["--format=posix"],
+                                     ["--format=posix", "--sparse-version=0.0"],
+                                     ["--format=posix", "--sparse-version=0.1"],
+                                     ["--format=posix", "--sparse-version=1.0"], ["--format=ustar"]])
+def test_gnu_tar_formats_unpack_as_gnu_tar_unpacks_them(tmp_path: Path, options: list[str]) -> None:
+    src = gnu_tar_source(tmp_path)
+    archive = tmp_path / "layer.tar"
+    ustar = options == ["--format=ustar"]  # no long names or sparse files: only what ustar can hold
+    names = ["big", "big-link", "block", "empty", "fifo"] if ustar else ["--sparse", "."]
+    subprocess.run(["tar", "-c", "-f", str(archive), "-C", str(src), *options, *names], check=True)
+    expected = tmp_path / "expected"
+    expected.mkdir()
+    subprocess.run(["tar", "-x", "-p", "-f", str(archive), "-C", str(expected)], check=True)
+    tar = archive.read_bytes()
+    blob = tmp_path / "blobs" / digest_of(gzip.compress(tar))[7:]
+    blob.parent.mkdir()
+    blob.write_bytes(gzip.compress(tar))
+    unpack_layer(blob, tmp_path / "layer", digest_of(tar))
+    assert tree(tmp_path / "layer") == tree(expected)
+    if not ustar:
+        sparse = (tmp_path / "layer/sparse").stat()
+        assert sparse.st_blocks * 512 < sparse.st_size  # the holes stay holes
+
+
+def test_truncated_layer_is_refused(tmp_path: Path) -> None:
+    """A stream that ends inside a file's data, or between members, is no layer."""
+    tar = make_tar([(entry("a"), b"a" * 5000), (entry("b"), b"b" * 5000)])
+    for cut in (1200, 512 * 12):
+        blob = tmp_path / f"blob{cut}"
+        blob.write_bytes(gzip.compress(tar[:cut]))
+        with pytest.raises(LayerError, match="not a valid tar"):
+            unpack_layer(blob, tmp_path / f"layer{cut}", digest_of(tar[:cut]))
+
+
+def test_gzip_of_several_members(tmp_path: Path) -> None:
+    """Concatenated gzip members are one stream (gzip(1) and pigz write such files)."""
+    tar = make_tar([(entry("a"), b"a" * 5000), (entry("b"), b"b" * 5000)])
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(tar[:3000]) + gzip.compress(tar[3000:]))
+    unpack_layer(blob, tmp_path / "layer", digest_of(tar))
+    assert (tmp_path / "layer/b").read_bytes() == b"b" * 5000
