@@ -9,6 +9,7 @@ are written by `Registry.push_image` straight through the distribution API. Othe
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -17,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -30,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.harness import poll, run
+from tests.harness import TestNode, poll, run
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "httpd", "sleep", "cat", "echo", "ip", "hostname", "id", "ping", "nc", "wget",
@@ -442,3 +444,33 @@ def token_registry(test_images: TestImages) -> Iterator[Registry]:
             server.shutdown()
             server.server_close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+HTTP_GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+
+
+@contextlib.contextmanager
+def registry_in_node(node: TestNode, source: Registry, work: Path) -> Iterator[str]:
+    """A second docker-registry on the node's own 127.0.0.1 serving the session registry's storage, so
+    image references are the same inside and outside the node."""
+    config = work / "node-registry.yml"
+    config.write_text(json.dumps({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(source.root / "data")}},
+        "http": {"addr": source.host}}))
+    proc = subprocess.Popen([*node.prefix(), "docker-registry", "serve", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: node.sh(sys.executable, "-c", HTTP_GET, f"http://{source.host}/v2/",
+                             check=False).returncode == 0, timeout=20, what="the node's registry")
+        yield source.host
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def node_registry(node: TestNode, test_images: TestImages, tmp_path: Path) -> Iterator[str]:
+    """The test images, served inside the test node under the same references."""
+    with registry_in_node(node, test_images.registry, tmp_path) as host:
+        yield host

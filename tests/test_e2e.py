@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,35 +19,11 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from tests.harness import REPO, CrishimServer, TestNode, mounts_below, poll, run
-from tests.image_fixtures import TestImages
+from tests.image_fixtures import HTTP_GET
 from tests.sandbox.podutil import node_leftovers, pod_config, run_pod, status, stop_and_remove
 
 pytestmark = pytest.mark.root
 
-HTTP_GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
-
-
-@pytest.fixture
-def node_registry(node: TestNode, test_images: TestImages, tmp_path: Path) -> Iterator[str]:
-    source = test_images.registry
-    config = tmp_path / "node-registry.yml"
-    config.write_text(json.dumps({
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(source.root / "data")}},
-        "http": {"addr": source.host}}))
-    proc = subprocess.Popen([*node.prefix(), "docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def ready() -> bool:
-        probe = node.sh(sys.executable, "-c", HTTP_GET, f"http://{source.host}/v2/", check=False)
-        return probe.returncode == 0
-
-    try:
-        poll(ready, timeout=20, what="the node's registry")
-        yield source.host
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def container_config(name: str, image: str, *command: str, **fields: object) -> api_pb2.ContainerConfig:

@@ -1,5 +1,5 @@
 """Containers through a real `crishim serve` in a test node, with the busybox image pulled from the
-node's registry: the `cri` fixture (import it together with `node_registry`, which it needs)."""
+node's registry: the `cri` fixture (it needs `node_registry`, from tests/image_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.container.ocispec import ALL_CAPABILITIES, held_capabilities
 from tests.harness import CrishimServer
 from tests.sandbox.podutil import pod_config, run_pod
-from tests.test_e2e import container_config, exec_sync, node_registry, start_container
+from tests.test_e2e import container_config, exec_sync, start_container
 
-__all__ = ["Cri", "cri", "node_registry"]
+__all__ = ["Cri", "cri"]
 
 
 @dataclass

@@ -20,11 +20,11 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.container.exec_cgroup import V1_HIERARCHY
 from crishim.container.manager import ContainerManager
 from crishim.errors import DeadlineExceeded
-from tests.container.criutil import Cri, cri, node_registry
+from tests.container.criutil import Cri, cri
 from tests.container.ctrutil import IMAGE, Env, Pod, cgroup_dirs, make_pod, spec, wait_until
 from tests.harness import poll
 
-__all__ = ["cri", "node_registry"]  # fixtures the tests below use
+__all__ = ["cri"]  # the fixture the tests below use
 
 pytestmark = pytest.mark.root
 

@@ -15,11 +15,11 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.container.ocispec import ALL_CAPABILITIES
-from tests.container.criutil import Cri, cri, node_registry
+from tests.container.criutil import Cri, cri
 from tests.harness import run
 from tests.test_e2e import container_config
 
-__all__ = ["cri", "node_registry"]  # fixtures the tests below use
+__all__ = ["cri"]  # the fixture the tests below use
 
 pytestmark = pytest.mark.root
 

@@ -27,10 +27,10 @@ from tests.image.test_import import store_leftovers as leftovers_of
 from tests.image.test_permissions import NOBODY, open_server
 from tests.image_fixtures import TestImages, entry, make_tar
 from tests.sandbox.podutil import pod_config, run_pod
-from tests.test_e2e import container_config, exec_sync, node_registry, start_container
+from tests.test_e2e import container_config, exec_sync, start_container
 
 pytestmark = pytest.mark.root
-__all__ = ["node_registry", "open_server"]  # the fixtures, used by name
+__all__ = ["open_server"]  # the fixture, used by name
 
 
 

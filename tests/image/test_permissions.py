@@ -23,10 +23,9 @@ import pytest
 from crishim.api.runtime.v1 import api_pb2
 from tests.harness import CrishimServer, TestNode, remove_root
 from tests.sandbox.podutil import pod_config, run_pod
-from tests.test_e2e import container_config, exec_sync, node_registry, start_container
+from tests.test_e2e import container_config, exec_sync, start_container
 
 pytestmark = pytest.mark.root
-__all__ = ["node_registry"]  # the fixture, used by name
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # What `nobody` manages to do with each path it is given (stat, list a dir, open a file, exec a file).

@@ -12,10 +12,9 @@ from tests.harness import CrishimServer
 from tests.image.built import layer_media_types, push_deep_image, push_zstd_busybox
 from tests.image_fixtures import TestImages
 from tests.sandbox.podutil import pod_config, run_pod
-from tests.test_e2e import container_config, exec_sync, node_registry, start_container
+from tests.test_e2e import container_config, exec_sync, start_container
 
 pytestmark = pytest.mark.root
-__all__ = ["node_registry"]  # the fixture, used by name
 
 
 def run_and_read(server: CrishimServer, ref: str, *paths: str) -> str:

@@ -6,42 +6,16 @@ keeps the suite fast without letting one scenario see another's leftovers unnoti
 
 from __future__ import annotations
 
-import contextlib
-import json
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.harness import CrishimServer, TestNode, make_test_node, poll, remove_root
-from tests.image_fixtures import Registry, TestImages
+from tests.harness import CrishimServer, TestNode, make_test_node, remove_root
+from tests.image_fixtures import TestImages, registry_in_node
 from tests.kubelet.podrun import Kubelet
-
-HTTP_GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
-
-
-@contextlib.contextmanager
-def registry_in_node(node: TestNode, source: Registry, work: Path) -> Iterator[str]:
-    """A second docker-registry on the node's own 127.0.0.1 serving the session registry's storage, so
-    image references are the same inside and outside the node."""
-    config = work / "node-registry.yml"
-    config.write_text(json.dumps({
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(source.root / "data")}},
-        "http": {"addr": source.host}}))
-    proc = subprocess.Popen([*node.prefix(), "docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        poll(lambda: node.sh(sys.executable, "-c", HTTP_GET, f"http://{source.host}/v2/",
-                             check=False).returncode == 0, timeout=20, what="the node's registry")
-        yield source.host
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

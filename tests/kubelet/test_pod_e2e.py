@@ -16,8 +16,7 @@ import yaml
 
 from crishim.api.runtime.v1 import api_pb2
 from tests.harness import REPO, poll
-from tests.image_fixtures import TestImages
-from tests.kubelet.conftest import HTTP_GET
+from tests.image_fixtures import HTTP_GET, TestImages
 from tests.kubelet.podrun import Kubelet
 from tests.kubelet.recorder import RecordingProxy
 
