@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from crishim.config import ImagesSection
 from crishim.errors import CrishimError, FailedPrecondition, InvalidArgument, NotFound
@@ -32,6 +32,7 @@ from crishim.image.archive import DOCKER_LAYER, ArchiveImage, ImportMonitor, rea
 from crishim.image.reference import Reference
 from crishim.image.registry import (
     INDEX_TYPES,
+    MAX_MANIFEST_BYTES,
     ContentMismatch,
     EndpointError,
     EndpointNotFound,
@@ -46,6 +47,7 @@ from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PARALLEL_LAYERS = 3
 _SHORT_ID_MIN = 12
@@ -196,7 +198,7 @@ class ImageManager:
         self._rootfs: dict[str, tuple[Rootfs, list[str]]] = {}
         self._lock = asyncio.Lock()
         self._pins: collections.Counter[str] = collections.Counter()
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._in_use: Callable[[str], bool] = lambda _image_id: False
         self._lock_fd: int | None = None
 
@@ -342,8 +344,7 @@ class ImageManager:
         config_desc, layer_descs = parse_manifest(body, what)
         pins = [config_desc["digest"], *blobs, *(d["digest"] for d in layer_descs)]
         async with self._pinned(pins):
-            await self._ensure_blob(client, config_desc)
-            spec_bytes = await asyncio.to_thread(self.store.read_blob, config_desc["digest"])
+            spec_bytes = await self._config(client, config_desc)
             layers = layers_from(_json(spec_bytes, f"config of {ref}"), layer_descs, what)
             async with self._pinned([layer.diff_id for layer in layers]):
                 limit = asyncio.Semaphore(_PARALLEL_LAYERS)
@@ -355,14 +356,24 @@ class ImageManager:
                                              lambda: self._fetch_layer(client, layer))
                         await self._ensure_blob(client, {"digest": layer.digest, "size": layer.size})
 
+                def put_manifests() -> None:
+                    for digest, data in manifests.items():
+                        self.store.put_blob(digest, data)
+
+                async def metadata() -> None:
+                    """Manifests and config stored while the layers download: each is durable before
+                    `_commit` names the image, and off the pull's critical path."""
+                    await asyncio.to_thread(put_manifests)
+                    await self._ensure_blob(client, config_desc)
+
                 # Every layer settles before the pull answers: a failed layer must not leave a
-                # sibling still unpacking behind the garbage collection that follows the error.
-                outcomes = await asyncio.gather(*(one(layer) for layer in layers), return_exceptions=True)
+                # sibling still unpacking (or the config still being written) behind the garbage
+                # collection that follows the error.
+                outcomes = await asyncio.gather(metadata(), *(one(layer) for layer in layers),
+                                                return_exceptions=True)
                 for outcome in outcomes:
                     if isinstance(outcome, BaseException):
                         raise outcome
-                for digest, data in manifests.items():
-                    await asyncio.to_thread(self.store.put_blob, digest, data)
                 blobs[config_desc["digest"]] = config_desc["size"]
                 blobs.update((layer.digest, layer.size) for layer in layers)
                 return ImageContent(top_digest=top_digest, manifest_digest=manifest_digest,
@@ -381,20 +392,47 @@ class ImageManager:
             self._pins.subtract(keys)
             self._pins += collections.Counter()  # drop zero counts
 
-    async def _once(self, key: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """Run `factory` once for concurrent callers asking for the same `key`."""
+    def _start_once(self, key: str, factory: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The task running `factory` for `key`, started unless one runs already."""
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(factory())
             self._inflight[key] = task
 
-            def done(t: asyncio.Future[None]) -> None:
+            def done(t: asyncio.Future[T]) -> None:
                 self._inflight.pop(key, None)
                 if not t.cancelled():
                     t.exception()  # retrieved here so an abandoned failure is not logged as lost
 
             task.add_done_callback(done)
-        await asyncio.shield(task)
+        return task
+
+    async def _once(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
+        """Run `factory` once for concurrent callers asking for the same `key`."""
+        return await asyncio.shield(self._start_once(key, factory))
+
+    async def _config(self, client: RegistryClient, desc: dict[str, Any]) -> bytes:
+        """The config's bytes. Unless stored or on its way to the store already, it is fetched into
+        memory (no thread hop per chunk, no disk on the way) and its storing is started: the pull awaits
+        that in `_ensure_blob` before naming the image, while the layers download."""
+        digest, size = desc["digest"], desc["size"]
+        stored = await asyncio.to_thread(self.store.has_blob, digest)
+        if stored or size > MAX_MANIFEST_BYTES or f"blob:{digest}" in self._inflight:
+            await self._ensure_blob(client, desc)
+            return await asyncio.to_thread(self.store.read_blob, digest)
+
+        async def fetch() -> bytes:
+            async with client.blob(digest, size) as chunks:
+                data = b"".join([chunk async for chunk in chunks])  # exactly `size` bytes
+            actual = sha256_digest(data)
+            if actual != digest:
+                raise ContentMismatch(f"{client.endpoint.url} served bytes with digest {actual} for "
+                                      f"blob {digest}: not stored")
+            # Registered before this task ends, so no pull sees neither fetch nor store under way.
+            self._start_once(f"blob:{digest}", lambda: asyncio.to_thread(self.store.put_blob, digest, data))
+            return data
+
+        return await self._once(f"config:{digest}", fetch)
 
     async def _ensure_blob(self, client: RegistryClient, desc: dict[str, Any]) -> None:
         """Download the blob unless stored; either way its size must be the one `desc` declares."""

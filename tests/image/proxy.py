@@ -3,8 +3,8 @@
 It forwards GETs (one request per connection, `Connection: close`) and can flip a byte of every blob
 of at least `tamper_min_bytes` (`tamper`), send blobs chunked without a Content-Length (`chunked`), or
 stall inside any blob of at least `stall_min_bytes`: it sends the blob in `stall_pauses + 1` pieces and
-pauses `stall_seconds` after each but the last (None: until the proxy stops). It counts the requests it
-saw per path.
+pauses `stall_seconds` after each but the last (None: until the proxy stops), or answer 500 for the blob
+`broken_blob` names (a digest). It counts the requests it saw per path.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class RegistryProxy:
         self.stall_min_bytes = 0
         self.stall_pauses = 1
         self.stall_seconds: float | None = None
+        self.broken_blob = ""
         self.stalled = asyncio.Event()
         self.requests: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
@@ -55,6 +56,11 @@ class RegistryProxy:
                     if key.lower() in ("accept", "authorization"):
                         headers[key] = value.strip()
             self.requests[path] += 1
+            if self.broken_blob and path.endswith(f"/blobs/{self.broken_blob}"):
+                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+                await writer.drain()
+                return
             response = await self._client.request(method, f"{self.upstream}{path}", headers=headers)
             body = response.content
             is_blob = "/blobs/" in path and response.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -202,6 +203,20 @@ async def test_tampered_blob_is_not_stored(manager: ImageManager, test_images: T
             await manager.pull(f"{proxy.host}/busybox:1")
     assert manager.list() == [] and stored(manager) == ([], [])
     assert list(manager.store.ingest.iterdir()) == []
+
+
+async def test_failed_config_fetch_leaves_nothing(manager: ImageManager, test_images: TestImages) -> None:
+    """The config is fetched into memory and stored beside the layers' download: when it cannot be
+    fetched, no layer, blob, manifest or temp file stays, and a later pull works."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.broken_blob = test_images.busybox.id
+        with pytest.raises(Unavailable, match="HTTP 500"):
+            await manager.pull(f"{proxy.host}/busybox:1")
+        assert manager.list() == [] and stored(manager) == ([], [])
+        assert list(manager.store.ingest.iterdir()) == []
+        proxy.broken_blob = ""
+        record = await manager.pull(f"{proxy.host}/busybox:1")
+    assert hashlib.sha256(manager.store.read_blob(record.id)).hexdigest() == record.id[7:]
 
 
 async def test_tampered_layer_is_the_registrys_fault_not_the_layers(manager: ImageManager,
