@@ -36,6 +36,7 @@ from crishim.image.registry import (
     ContentMismatch,
     EndpointError,
     EndpointNotFound,
+    HttpPool,
     RegistryAuth,
     RegistryClient,
 )
@@ -193,6 +194,7 @@ class ImageManager:
         self.store = Store(root)
         self.registry_config_dir = Path(registry_config_dir) if registry_config_dir else None
         self.pull_progress_timeout = pull_progress_timeout
+        self._http = HttpPool()
         self._images: dict[str, ImageRecord] = {}
         self._layer_usage: dict[str, DiskUsage] = {}
         self._rootfs: dict[str, tuple[Rootfs, list[str]]] = {}
@@ -239,6 +241,7 @@ class ImageManager:
     async def close(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()
+        await self._http.aclose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -296,7 +299,7 @@ class ImageManager:
         host = await asyncio.to_thread(load_host_config, self.registry_config_dir, parsed.domain)
         failures: list[CrishimError] = []
         for endpoint in host.endpoints():
-            client = RegistryClient(endpoint, parsed.path, auth, self.pull_progress_timeout)
+            client = RegistryClient(endpoint, parsed.path, auth, self._http, self.pull_progress_timeout)
             try:
                 content = await self._fetch(client, parsed)
             except (EndpointError, EndpointNotFound) as exc:

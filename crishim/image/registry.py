@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import http.cookiejar
 import json
 import re
 import ssl
@@ -102,10 +103,47 @@ def _default_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+class HttpPool:
+    """HTTP clients shared by pulls, so a pull reuses the connections of the last one to the registry.
+
+    One client per trust setting every endpoint shares (the system's store, or no verification), so a
+    connection set up unverified never serves a verified pull. An endpoint with a CA file of its own gets
+    a client for the one pull (its SSL context is built anew each time the host file is read). Shared
+    clients keep no cookies: one pull's credentials must not travel with another's. No limit on the
+    connections: concurrent pulls must not wait on one another for a slot.
+    """
+
+    def __init__(self) -> None:
+        self._shared: dict[bool, httpx.AsyncClient] = {}
+
+    def _new(self, verify: ssl.SSLContext | bool, cookies: http.cookiejar.CookieJar | None = None
+             ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=_default_tls() if verify is True else verify,
+                                 follow_redirects=True, cookies=cookies,
+                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
+
+    def client(self, endpoint: Endpoint) -> tuple[httpx.AsyncClient, bool]:
+        """A client for `endpoint`, and whether the caller owns it (closes it after its pull)."""
+        if not isinstance(endpoint.verify, bool):
+            return self._new(endpoint.verify), True
+        shared = self._shared.get(endpoint.verify)
+        if shared is None:
+            # A CookieJar, not an httpx.Cookies: httpx copies the latter into a jar of the default policy.
+            no_cookies = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            shared = self._new(endpoint.verify, http.cookiejar.CookieJar(no_cookies))
+            self._shared[endpoint.verify] = shared
+        return shared, False
+
+    async def aclose(self) -> None:
+        shared, self._shared = list(self._shared.values()), {}
+        for client in shared:
+            await client.aclose()
+
+
 class RegistryClient:
     """One pull's conversation with one endpoint about one repository."""
 
-    def __init__(self, endpoint: Endpoint, repo: str, auth: RegistryAuth | None,
+    def __init__(self, endpoint: Endpoint, repo: str, auth: RegistryAuth | None, pool: HttpPool,
                  progress_timeout: float) -> None:
         self.endpoint = endpoint
         self.repo = repo
@@ -113,12 +151,12 @@ class RegistryClient:
         self.progress_timeout = progress_timeout
         self._authorization = ""
         # httpx's read timeout bounds the wait for each socket read: no progress, not total time.
-        timeout = httpx.Timeout(_CONNECT_TIMEOUT, read=progress_timeout)
-        verify = _default_tls() if endpoint.verify is True else endpoint.verify
-        self._http = httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True)
+        self._timeout = httpx.Timeout(_CONNECT_TIMEOUT, read=progress_timeout)
+        self._http, self._owned = pool.client(endpoint)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owned:
+            await self._http.aclose()
 
     def _url(self, kind: str, ref: str) -> str:
         return f"{self.endpoint.url}/v2/{self.repo}/{kind}/{ref}"
@@ -129,9 +167,14 @@ class RegistryClient:
             request_headers = dict(headers)
             if self._authorization:
                 request_headers["Authorization"] = self._authorization
+            request = self._http.build_request("GET", url, headers=request_headers, timeout=self._timeout)
             try:
-                response = await self._http.send(
-                    self._http.build_request("GET", url, headers=request_headers), stream=True)
+                try:
+                    response = await self._http.send(request, stream=True)
+                except httpx.RemoteProtocolError:
+                    # A kept-alive connection the registry closed as the GET went out (the shared
+                    # pool's hazard): nothing was answered, and a GET may be sent again.
+                    response = await self._http.send(request, stream=True)
             except httpx.ReadTimeout as exc:
                 raise PullStalled(f"no answer from {self.endpoint.url} for {what} in "
                                   f"{self.progress_timeout:g} s") from exc
@@ -169,9 +212,9 @@ class RegistryClient:
             if self.auth and self.auth.identity_token:
                 form = {**query, "grant_type": "refresh_token", "client_id": "crishim",
                         "refresh_token": self.auth.identity_token}
-                response = await self._http.post(params["realm"], data=form)
+                response = await self._http.post(params["realm"], data=form, timeout=self._timeout)
             else:
-                response = await self._http.get(params["realm"], params=query,
+                response = await self._http.get(params["realm"], params=query, timeout=self._timeout,
                                                 auth=basic if basic else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
             raise EndpointError(f"cannot reach token server {params['realm']}: {_reason(exc)}") from exc

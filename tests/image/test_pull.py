@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from crishim.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from crishim.image import ImageManager, RegistryAuth
+from crishim.image.registry import HttpPool, RegistryClient
+from crishim.image.registry_config import Endpoint
 from tests.harness import REPO, run
 from tests.image.proxy import registry_proxy
-from tests.image_fixtures import LayerBlob, Registry, TestImages, entry, make_tar
+from tests.image_fixtures import LayerBlob, Registry, TestImages, entry, free_port, make_tar
 
 pytestmark = pytest.mark.root
 
@@ -352,3 +357,87 @@ async def test_bearer_token_auth(manager: ImageManager, token_registry: Registry
         await manager.pull(ref, RegistryAuth(username="alice", password="wrong"))
     record = await manager.pull(ref, RegistryAuth(username="alice", password="s3cret"))
     assert record.id == test_images.busybox.id and record.repo_tags == [ref]
+
+
+def pooled_connections(manager: ImageManager) -> list[object]:
+    """The connections the shared verifying client keeps open (httpcore's pool)."""
+    client, owned = manager._http.client(Endpoint(url="http://unused", verify=True, is_mirror=False))
+    assert not owned
+    return list(client._transport._pool.connections)  # type: ignore[attr-defined]
+
+
+async def test_pulls_reuse_the_registrys_connection(manager: ImageManager, test_images: TestImages) -> None:
+    """A pull's HTTP client outlives it: the next pull from the registry goes over the same connection."""
+    await manager.pull(test_images.busybox.ref)
+    first = pooled_connections(manager)
+    await manager.remove(test_images.busybox.ref)
+    await manager.pull(test_images.busybox.ref)
+    assert len(first) == 1 and pooled_connections(manager) == first
+    await manager.close()
+    assert pooled_connections(manager) == []  # a closed manager leaves no connection behind
+
+
+async def test_http_pool_keeps_trust_settings_and_no_cookies() -> None:
+    pool = HttpPool()
+    verified, owned = pool.client(Endpoint(url="https://a.example", verify=True, is_mirror=True))
+    unverified, _ = pool.client(Endpoint(url="https://a.example", verify=False, is_mirror=False))
+    again, _ = pool.client(Endpoint(url="https://b.example", verify=True, is_mirror=False))
+    assert not owned and again is verified and unverified is not verified
+    own_ca, owned = pool.client(Endpoint(url="https://a.example", verify=ssl.create_default_context(),
+                                         is_mirror=False))
+    assert owned and own_ca not in (verified, unverified)  # closed by its pull, not kept
+    await own_ca.aclose()
+    request = httpx.Request("GET", "https://a.example/v2/")
+    verified.cookies.extract_cookies(httpx.Response(200, headers={"Set-Cookie": "session=alice; Path=/"},
+                                                    request=request))
+    assert list(verified.cookies.jar) == []  # one pull's session never rides along with another's
+    await pool.aclose()
+    assert verified.is_closed and unverified.is_closed
+
+
+async def test_pull_after_the_registry_restarted(tmp_path: Path, manager: ImageManager) -> None:
+    """The connection the last pull left in the pool is dead once the registry restarted: the next pull
+    still works (over a new one)."""
+    (tmp_path / "registry").mkdir()
+    registry = Registry(host=f"127.0.0.1:{free_port()}", root=tmp_path / "registry").start()
+    try:
+        tar = make_tar([(entry("data/file"), b"restarted")])
+        image = registry.push_image("restart", ["1"], [LayerBlob.from_tar(tar)])
+        await manager.pull(image.ref)
+        await manager.remove(image.ref)
+        registry.stop()
+        registry = Registry(host=registry.host, root=registry.root).start()
+        assert (await manager.pull(image.ref)).id == image.id
+    finally:
+        registry.stop()
+
+
+async def test_kept_alive_connection_closed_as_the_get_goes_out() -> None:
+    """A registry may close an idle connection just as the pool reuses it (a race no real registry
+    produces on demand): the GET, which nothing answered, is sent again over a new connection."""
+    body = b'{"schemaVersion": 2}'
+    answered = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await reader.readuntil(b"\r\n\r\n")
+        answered += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")  # the next request on the kept-alive connection: dropped
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = HttpPool()
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = RegistryClient(Endpoint(url=url, verify=True, is_mirror=False), "r", None, pool, 5.0)
+        for _ in range(2):
+            assert await client.manifest("1") == (body, "application/vnd.oci.image.manifest.v1+json")
+        assert answered == 2
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
