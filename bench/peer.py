@@ -27,12 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench.containers import COMMAND, IMAGE_REF, container_config, pod_config
 from bench.measure import percentile, summarise
 from bench.rpc import channel, runtime_stub
-from bench.servers import BenchServer
+from bench.servers import BenchServer, answers
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.harness import BRIDGE_CONFLIST, CNI_BIN_DIR, poll, run
 from tests.image_fixtures import Registry, build_busybox_layout, free_port, skopeo_push
@@ -275,14 +273,7 @@ class Containerd:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError((self.root / "containerd.log").read_text())
-        if not self.socket.exists():
-            return False
-        with grpc.insecure_channel(f"unix:{self.socket}") as ch:
-            try:
-                runtime_stub(ch).Status(api_pb2.StatusRequest(), timeout=2)
-            except grpc.RpcError:
-                return False
-        return True
+        return answers(self.socket)
 
     def version(self) -> str:
         return run([CONTAINERD, "--version"]).stdout.split()[2]

@@ -53,7 +53,7 @@ class BenchServer(CrishimServer):
         started = time.perf_counter()
         self.start(wait=False)
         deadline = started + RECOVERY_TIMEOUT
-        while not _answers(self.socket):
+        while not answers(self.socket):
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
                     f"crishim exited with {self.proc.returncode} while recovering:\n{self.log()}")
@@ -67,7 +67,8 @@ def _name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
-def _answers(socket: Path) -> bool:
+def answers(socket: Path) -> bool:
+    """Whether a CRI server answers on `socket` (crishim's or a peer's)."""
     if not socket.exists():
         return False
     with grpc.insecure_channel(f"unix:{socket}") as ch:
