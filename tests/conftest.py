@@ -50,8 +50,8 @@ def server_factory(tmp_path: Path, node: TestNode) -> Iterator[Callable[..., Cri
     made: list[CrishimServer] = []
 
     def make(name: str = "crishim", start: bool = True, network: bool = True,
-             **extra: Any) -> CrishimServer:
-        server = CrishimServer(root=tmp_path / name, node=node, extra_config=extra)
+             kind: type[CrishimServer] = CrishimServer, **extra: Any) -> CrishimServer:
+        server = kind(root=tmp_path / name, node=node, extra_config=extra)
         server.root.mkdir(parents=True, exist_ok=True)
         server.conf_dir.mkdir(exist_ok=True)
         if network:

@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +20,7 @@ from crishim.api.runtime.v1 import api_pb2
 from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces
 from crishim.streaming.server import HEADER_TIMEOUT
 from tests.container.ctrutil import wait_until
-from tests.harness import REPO, CrishimServer, TestNode, poll, remove_root, run
+from tests.harness import REPO, CrishimServer, TestNode, poll, run
 from tests.image_fixtures import TestImages
 from tests.sandbox.podutil import pod_config, run_pod
 from tests.streaming.client import http_request, spdy_connect, spdy_remotecommand, ws_connect
@@ -188,22 +188,20 @@ class LimitedServer(CrishimServer):
 
 
 @pytest.fixture
-def limited_server(tmp_path: Path, node: TestNode) -> Iterator[Callable[[int, int], LimitedServer]]:
-    made: list[LimitedServer] = []
+def limited_server(server_factory: Callable[..., CrishimServer]) -> Callable[[int, int], LimitedServer]:
+    """Servers made (not started) by `server_factory`, under the open-files limit given."""
+    count = 0
 
     def make(soft: int, hard: int) -> LimitedServer:
-        server = LimitedServer(root=tmp_path / f"crishim{len(made)}", node=node, nofile=(soft, hard),
-                               extra_config={"streaming.port": STREAM_PORT})
-        made.append(server)
-        server.conf_dir.mkdir(parents=True)
-        server.write_network()
+        nonlocal count
+        count += 1
+        server = server_factory(f"crishim{count}", start=False, kind=LimitedServer,
+                                **{"streaming.port": STREAM_PORT})
+        assert isinstance(server, LimitedServer)
+        server.nofile = (soft, hard)
         return server
 
-    yield make
-    for server in made:
-        server.remove_all_pods()
-        server.stop()
-        remove_root(server.root)
+    return make
 
 
 def test_the_open_files_limit_is_raised_at_start(
