@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from crishim.container import conmon as conmon_mod
-from crishim.container import userns
+from crishim.container import crilog, userns
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
 from crishim.container.inroot import resolve_in_root
@@ -149,6 +149,8 @@ class ContainerManager:
         self._hugetlb = True
         self.features: dict[str, HandlerFeatures] = {}
         self._held_capabilities: list[str] | None = None
+        # Writes every container's CRI log from what its conmon records (see crilog).
+        self.logs = crilog.LogCopier()
         # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
         self.on_change: Callable[[Container, str], None] | None = None
 
@@ -170,6 +172,7 @@ class ContainerManager:
                 log.info("no user namespaces for pods on this node", extra={"reason": blocker})
             self.features = {name: await probe(h, not blocker) for name, h in self.runtimes.items()}
             self._held_capabilities = await asyncio.to_thread(_own_capabilities)
+            self.logs.start()
             self._installed = True
 
     def _dirs(self) -> None:
@@ -388,9 +391,11 @@ class ContainerManager:
         try:
             c.pid, c.conmon_pid = await conmon_mod.create(
                 self.conmon, handler, container_id=c.id, name=c.spec.name, bundle=c.dir,
-                log_path=c.log_path or f"{c.dir}/console.log", exit_dir=str(self.exit_dir),
+                log_path=f"{c.dir}/{crilog.CONMON_FILE}", exit_dir=str(self.exit_dir),
                 stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
             phases.mark("conmon_runtime_create")
+            await self.logs.track(c.id, c.dir, c.log_path or os.devnull)
+            phases.mark("log_copy")
         except OCIRuntimeError as exc:
             if _MISFIT.search(str(exc)):
                 # Only the runtime can tell (it looks inside the container, after the mounts); the
@@ -581,6 +586,7 @@ class ContainerManager:
                             phases: Phases | None = None, runtime: bool = True) -> None:
         """The runtime's state (unless `runtime` is False: done already), the rootfs, the files."""
         phases = phases or Phases()
+        await self.logs.untrack(cid)
         if runtime:
             await self._delete_runtime(cid, handler)
         phases.mark("runtime_delete")
@@ -652,7 +658,18 @@ class ContainerManager:
         c = await self._running(container_id)
         if not c.log_path:
             raise FailedPrecondition(f"container {c.id} has no log path")
-        await conmon_mod.reopen_log(c.dir)
+        if self.logs.tracks(c.id):
+            try:
+                await self.logs.reopen(c.id)
+            except OSError as exc:
+                raise FailedPrecondition(f"container {c.id}: cannot reopen its log {c.log_path}: "
+                                         f"{exc.strerror}") from exc
+            return
+        # Created by a crishim from before crilog: its conmon writes the log itself.
+        try:
+            await asyncio.to_thread(crilog.ask_conmon_to_reopen, c.dir)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot reach the container monitor's control FIFO: {exc}") from exc
         deadline = time.monotonic() + REOPEN_WAIT
         while not await asyncio.to_thread(os.path.exists, c.log_path):
             if time.monotonic() > deadline:
@@ -687,6 +704,7 @@ class ContainerManager:
         result = await asyncio.to_thread(_read_exit, Path(c.dir))
         if result is None and not conmon_gone:
             return
+        await self.logs.finish(c.id)  # kubelet reads the log's end once it sees the exit
         if result is None:
             c.exit_code, c.finished_at, oom = 255, time.time_ns(), False
             c.message = "the container monitor (conmon) disappeared without recording an exit code"
@@ -768,16 +786,28 @@ class ContainerManager:
             self._containers[c.id] = c
             if not c.infra:
                 self._names[(c.sandbox_id, c.spec.name, c.spec.attempt)] = c.id
+            await self._resume_log_copy(c)
             if c.state == ContainerState.EXITED:
+                await self.logs.finish(c.id)
                 continue
             if c.conmon_pid and await asyncio.to_thread(_is_conmon_of, c.conmon_pid, c.id):
                 self._watch(c)
             else:
                 await self._refresh(c, conmon_gone=True)
 
+    async def _resume_log_copy(self, c: Container) -> None:
+        """Go on copying what conmon recorded, also while no crishim ran (see crilog)."""
+        if not await asyncio.to_thread(crilog.has_records, c.dir):
+            return  # created by a crishim from before crilog: conmon writes the log itself
+        try:
+            await self.logs.track(c.id, c.dir, c.log_path or os.devnull)
+        except OSError as exc:
+            log.warning("cannot resume a container's log", extra={"container": c.id, "error": str(exc)})
+
     async def close(self) -> None:
         """Finish removals, forget the watches; the containers and their monitors keep running."""
         await self.settle()
+        await self.logs.close()
         await asyncio.gather(*self._runtime_deletes.values(), return_exceptions=True)
         for cid in list(self._pidfds):
             self._unwatch(cid)

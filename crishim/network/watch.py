@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 from collections.abc import Callable, Sequence
 
+from crishim import inotify
+
 log = logging.getLogger(__name__)
 
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
-IN_MODIFY = 0x2
-IN_ATTRIB = 0x4
-IN_CLOSE_WRITE = 0x8
-IN_MOVED_FROM = 0x40
-IN_MOVED_TO = 0x80
-IN_CREATE = 0x100
-IN_DELETE = 0x200
-IN_DELETE_SELF = 0x400
-IN_MOVE_SELF = 0x800
-WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
-              | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+WATCH_MASK = (inotify.IN_MODIFY | inotify.IN_ATTRIB | inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_FROM
+              | inotify.IN_MOVED_TO | inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_DELETE_SELF
+              | inotify.IN_MOVE_SELF)
 # Coalesce a burst of events (a copy writes many times) into one reload.
 DEBOUNCE_SECONDS = 0.05
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def fingerprint(dirs: Sequence[str]) -> tuple[object, ...]:
@@ -67,12 +56,12 @@ class DirWatcher:
         self._last = fingerprint(self._dirs)
 
     def start(self) -> None:
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            log.warning("inotify unavailable; relying on the periodic rescan")
+        try:
+            self._fd = inotify.init()
+        except OSError as exc:
+            log.warning("inotify unavailable; relying on the periodic rescan", extra={"error": str(exc)})
         else:
-            self._fd = fd
-            asyncio.get_running_loop().add_reader(fd, self._drain)
+            asyncio.get_running_loop().add_reader(self._fd, self._drain)
             self._arm()
         self._task = asyncio.get_running_loop().create_task(self._rescan_loop())
 
@@ -84,22 +73,13 @@ class DirWatcher:
         for d in self._dirs:
             if d in known or not os.path.isdir(d):
                 continue
-            wd = _libc.inotify_add_watch(self._fd, d.encode(), WATCH_MASK)
-            if wd >= 0:
-                self._watched[wd] = d
+            with contextlib.suppress(OSError):
+                self._watched[inotify.add_watch(self._fd, d, WATCH_MASK)] = d
 
     def _drain(self) -> None:
-        try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        offset = 0
-        while offset + 16 <= len(data):
-            wd, mask, _cookie, length = (int.from_bytes(data[offset + i:offset + i + 4], "little")
-                                         for i in (0, 4, 8, 12))
-            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
-                self._watched.pop(wd, None)
-            offset += 16 + length
+        for event in inotify.read_events(self._fd):
+            if event.mask & (inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF):
+                self._watched.pop(event.wd, None)
         self._schedule()
 
     def _schedule(self) -> None:
