@@ -72,6 +72,10 @@ def _pod_parser(sub: Any) -> None:
     run.add_argument("--runtime-handler", default="", help="RunPodSandbox runtime_handler")
     run.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff start, seconds")
     run.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff cap, seconds")
+    run.add_argument("--container-log-max-size", default="10Mi", help="rotate a container log at this size")
+    run.add_argument("--container-log-max-files", type=int, default=5, help="log files kept per container")
+    run.add_argument("--container-log-monitor-interval", type=float, default=10.0,
+                     help="seconds between log size checks")
     delete = pods.add_parser("delete", parents=[common, named], help="delete the pod gracefully")
     delete.add_argument("--grace-period", type=int, help="seconds (default terminationGracePeriodSeconds)")
     delete.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runner")
@@ -92,7 +96,8 @@ def _pod_command(config: Config, args: argparse.Namespace) -> int:
         log_root=args.log_root, root_dir=args.root_dir, cgroup_root=args.cgroup_root,
         **({"resolv_conf": args.resolv_conf, "cluster_dns": tuple(args.cluster_dns),
             "cluster_domain": args.cluster_domain, "runtime_handler": args.runtime_handler,
-            "backoff_base": args.backoff_base, "backoff_max": args.backoff_max}
+            "backoff_base": args.backoff_base, "backoff_max": args.backoff_max,
+            "logs": _log_policy(args)}
            if args.pod_command == "run" else {}))
     if args.pod_command == "run":
         return commands.run(args.manifest, options)
@@ -102,6 +107,17 @@ def _pod_command(config: Config, args: argparse.Namespace) -> int:
         return commands.logs(args.name, args.namespace, args.container, args.previous, args.timestamps,
                              options)
     return commands.status(args.name, args.namespace, args.output, options)
+
+
+def _log_policy(args: argparse.Namespace) -> Any:
+    from crishim.kubelet.logrotate import LogPolicy, parse_quantity
+
+    try:
+        max_size = parse_quantity(args.container_log_max_size)
+    except ValueError as exc:
+        raise SystemExit(f"crishim pod: --container-log-max-size: {exc}") from None
+    return LogPolicy(max_size=max_size, max_files=args.container_log_max_files,
+                     period=args.container_log_monitor_interval)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

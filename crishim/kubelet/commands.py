@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import grpc
 from crishim.api.runtime.v1 import api_pb2
 from crishim.kubelet import node as nodefs
 from crishim.kubelet.cri import REQUEST_TIMEOUT, Cri
+from crishim.kubelet.logrotate import LogPolicy
 from crishim.kubelet.manifest import Container, ExecAction, ManifestError, Pod, load_pod
 from crishim.kubelet.requests import (
     CONTAINER_NAME_LABEL,
@@ -55,6 +56,7 @@ class RunOptions:
     runtime_handler: str = ""
     backoff_base: float = 10.0
     backoff_max: float = 300.0
+    logs: LogPolicy = field(default_factory=LogPolicy)
 
 
 def _print(line: str) -> None:
@@ -136,7 +138,7 @@ async def _run(pod: Pod, options: RunOptions) -> int:
         async with Cri(options.endpoint) as cri:
             worker = PodWorker(pod, cri, WorkerOptions(node=node, backoff_base=options.backoff_base,
                                                        backoff_max=options.backoff_max, announce=_print,
-                                                       on_report=on_report))
+                                                       on_report=on_report, logs=options.logs))
 
             def on_signal() -> None:
                 worker.deletion_grace = _requested_grace(path)

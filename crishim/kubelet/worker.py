@@ -14,7 +14,7 @@ import datetime
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,6 +32,7 @@ from crishim.kubelet.actions import (
     pod_phase,
 )
 from crishim.kubelet.cri import PULL_TIMEOUT, REQUEST_TIMEOUT, Cri, not_found
+from crishim.kubelet.logrotate import LogPolicy, rotate_pod_logs
 from crishim.kubelet.manifest import Container, Pod
 from crishim.kubelet.prober import LIVENESS, READINESS, STARTUP, ProbeResults, ProbeWorker
 from crishim.kubelet.requests import (
@@ -54,6 +55,7 @@ class WorkerOptions:
     backoff_base: float = 10.0  # kubelet.go backOffPeriod
     backoff_max: float = 300.0  # MaxContainerBackOff
     relist_period: float = 1.0  # pleg relistPeriod
+    logs: LogPolicy = field(default_factory=LogPolicy)
     announce: Callable[[str], None] = print
     on_report: Callable[[dict[str, Any]], None] | None = None
 
@@ -92,6 +94,7 @@ class PodWorker:
                   for c in self.pod.containers
                   for kind, probe in ((STARTUP, c.startup_probe), (LIVENESS, c.liveness_probe),
                                       (READINESS, c.readiness_probe)) if probe is not None]
+        probes.append(asyncio.create_task(self._rotate_logs()))
         try:
             while not stop.is_set():
                 try:
@@ -111,6 +114,17 @@ class PodWorker:
                 task.cancel()
             await asyncio.gather(*probes, return_exceptions=True)
             await self.delete()
+
+    async def _rotate_logs(self) -> None:
+        """kubelet's container log manager, for this pod (see logrotate)."""
+        while True:
+            await asyncio.sleep(self.opts.logs.period)
+            try:
+                await rotate_pod_logs(self.cri, self.pod.uid, self.opts.logs)
+            except grpc.aio.AioRpcError as exc:
+                self.say("logs", f"log rotation failed: {exc.code().name}: {exc.details()}")
+            except OSError as exc:
+                self.say("logs", f"log rotation failed: {exc}")
 
     def _probe_worker(self, kind: str, container: Container) -> Any:
         probe = {STARTUP: container.startup_probe, LIVENESS: container.liveness_probe,
