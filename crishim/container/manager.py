@@ -394,8 +394,6 @@ class ContainerManager:
                 log_path=f"{c.dir}/{crilog.CONMON_FILE}", exit_dir=str(self.exit_dir),
                 stdin=c.spec.stdin, tty=c.spec.tty, stdin_once=c.spec.stdin_once)
             phases.mark("conmon_runtime_create")
-            await self.logs.track(c.id, c.dir, c.log_path or os.devnull)
-            phases.mark("log_copy")
         except OCIRuntimeError as exc:
             if _MISFIT.search(str(exc)):
                 # Only the runtime can tell (it looks inside the container, after the mounts); the
@@ -406,6 +404,12 @@ class ContainerManager:
         finally:
             await record
         phases.mark("record_wait")
+        try:
+            await self.logs.track(c.id, c.dir, c.log_path or os.devnull)
+        except OSError as exc:
+            raise FailedPrecondition(f"container {c.spec.name!r}: cannot open its log "
+                                     f"{c.log_path!r} (config.log_path): {exc.strerror}") from exc
+        phases.mark("log_copy")
         await self._save(c, durable=False)
         self._watch(c)
         phases.mark("record")

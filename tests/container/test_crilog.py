@@ -252,6 +252,19 @@ async def test_reopen_refused_when_the_log_dir_is_gone(env: Env, pod: Pod) -> No
     await wait_until(lambda: b"tick" in Path(c.log_path).read_bytes(), what="ticks in the new log")
 
 
+@pytest.mark.root
+async def test_log_path_that_cannot_be_opened_fails_cleanly(env: Env, pod: Pod) -> None:
+    mgr = env.manager()
+    await mgr.recover()
+    log_dir = Path(pod.sandbox.spec.log_directory)
+    await asyncio.to_thread((log_dir / "taken" / "0.log").mkdir, parents=True)  # a directory, not a file
+    with pytest.raises(FailedPrecondition, match=r"cannot open its log .*config\.log_path.*directory"):
+        await mgr.create(pod.sandbox, spec("taken", "true"), IMAGE)
+    assert mgr.list_containers() == []
+    await mgr.settle()
+    assert await asyncio.to_thread(lambda: list(env.state.iterdir())) == []
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[CrishimServer]:
     with host_server(tmp_path / "crishim") as s:
