@@ -331,7 +331,7 @@ async def test_kill_9_mid_pull_then_pull_again(tmp_path: Path, test_images: Test
                                                     cwd=REPO)
         try:
             await asyncio.wait_for(proxy.stalled.wait(), 20)
-            await poll_async(lambda: any((root / "ingest").iterdir()), what="a partial download")
+            await poll_async(lambda: any((root / "layers").glob(".tmp-*")), what="a layer being unpacked")
         finally:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
@@ -340,6 +340,8 @@ async def test_kill_9_mid_pull_then_pull_again(tmp_path: Path, test_images: Test
         await images.start()
         try:
             assert images.list() == [] and list(images.store.ingest.iterdir()) == []
+            # Layers the killed pull unpacked (or named) belong to no image: none is left to be trusted.
+            assert [p.name for p in images.store.layers.iterdir()] == ["empty"]
             record = await images.pull(ref)
             assert images.get(ref) is record and len(record.layers) == 3
             rootfs_layers = sorted(p.name for p in images.store.layers.iterdir())
@@ -367,12 +369,13 @@ def pooled_connections(manager: ImageManager) -> list[object]:
 
 
 async def test_pulls_reuse_the_registrys_connection(manager: ImageManager, test_images: TestImages) -> None:
-    """A pull's HTTP client outlives it: the next pull from the registry goes over the same connection."""
+    """A pull's HTTP client outlives it: the next pull from the registry goes over the same connections
+    (one or two: the config and the layer are fetched at once)."""
     await manager.pull(test_images.busybox.ref)
     first = pooled_connections(manager)
     await manager.remove(test_images.busybox.ref)
     await manager.pull(test_images.busybox.ref)
-    assert len(first) == 1 and pooled_connections(manager) == first
+    assert 1 <= len(first) <= 2 and {id(c) for c in pooled_connections(manager)} == {id(c) for c in first}
     await manager.close()
     assert pooled_connections(manager) == []  # a closed manager leaves no connection behind
 
