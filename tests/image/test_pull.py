@@ -224,6 +224,41 @@ async def test_failed_config_fetch_leaves_nothing(manager: ImageManager, test_im
     assert hashlib.sha256(manager.store.read_blob(record.id)).hexdigest() == record.id[7:]
 
 
+async def test_layer_unpacks_while_the_config_is_still_on_its_way(manager: ImageManager,
+                                                                   test_images: TestImages) -> None:
+    """The config and the layers are fetched at once: a registry slow to serve the config does not hold
+    the layer up, which is downloaded and unpacked meanwhile; the image exists once the config is in."""
+    layer = manager.store.layer_path(test_images.base_layer.diff_id)
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.held_blob = test_images.busybox.id
+        pull = asyncio.ensure_future(manager.pull(f"{proxy.host}/busybox:1"))
+        try:
+            await poll_async(layer.exists, what="the layer unpacked while the config is held")
+            assert proxy.held.is_set() and not pull.done() and manager.list() == []
+        finally:
+            proxy.release_held()
+            record = await asyncio.wait_for(pull, 30)
+    assert record.id == test_images.busybox.id and manager.list() == [record]
+    assert [x.diff_id for x in record.layers] == [test_images.base_layer.diff_id]
+    assert layer.joinpath("bin/busybox").is_file()
+
+
+async def test_config_naming_another_diff_id_leaves_no_layer(manager: ImageManager,
+                                                             test_images: TestImages) -> None:
+    """The layer is unpacked before the config says what it must be: when the config lists another
+    diff_id, the pull fails naming both, and the layer it unpacked is not kept (nor any blob)."""
+    real = test_images.base_layer
+    wrong = LayerBlob(data=real.data, diff_id="sha256:" + "0" * 64)
+    image = test_images.registry.push_image("wrong-diff-id", ["1"], [wrong])
+    with pytest.raises(InvalidArgument, match=f"uncompressed content is {real.diff_id}, but the image "
+                                              f"config says {wrong.diff_id}"):
+        await manager.pull(image.ref)
+    assert manager.list() == [] and stored(manager) == ([], [])
+    assert list(manager.store.ingest.iterdir()) == []
+    record = await manager.pull(test_images.busybox.ref)  # the same layer, rightly listed
+    assert stored(manager)[1] == [real.diff_id[7:]] and manager.list() == [record]
+
+
 async def test_tampered_layer_is_the_registrys_fault_not_the_layers(manager: ImageManager,
                                                                     test_images: TestImages) -> None:
     """The layer is unpacked as it arrives: bytes that are no valid gzip (the last byte flipped breaks its
