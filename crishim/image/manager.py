@@ -42,7 +42,7 @@ from crishim.image.registry import (
 )
 from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
-from crishim.image.store import INDEX_VERSION, Store, sha256_digest, start_writeback
+from crishim.image.store import INDEX_VERSION, WRITEBACK_STEP, Store, sha256_digest, start_writeback
 from crishim.image.unpack import DiskUsage, Feed, Unpacked, disk_usage, unpack_fed, unpack_layer
 from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
@@ -366,7 +366,8 @@ class ImageManager:
                     layer = (await asyncio.shield(config))[1][index]
                     if unpacked is not None:
                         unpacked.check(layer.diff_id, layer.digest)
-                    await self._ensure_layer(layer)
+                    if unpacked is None or layer.diff_id not in self._layer_usage:  # else just named
+                        await self._ensure_layer(layer)
 
             def put_manifests() -> None:
                 for digest, data in manifests.items():
@@ -776,6 +777,7 @@ class _Ingest:
         self.tmp = store.ingest_path(digest)
         self.hasher = hashlib.sha256()
         self._out: IO[bytes] | None = None
+        self._unflushed = 0
 
     def _file(self) -> IO[bytes]:
         if self._out is None:  # opened here, by the first bytes: no thread hop before the request
@@ -786,14 +788,19 @@ class _Ingest:
         self.hasher.update(chunk)
         out = self._file()
         out.write(chunk)
-        start_writeback(out.fileno())
+        self._unflushed += len(chunk)
+        if self._unflushed >= WRITEBACK_STEP:
+            start_writeback(out.fileno())
+            self._unflushed = 0
         if self.feed is not None:
             self.feed.put(chunk)
 
     def commit(self) -> None:
         if self.feed is not None:
             self.feed.end()
-        self._file().close()
+        out = self._file()
+        start_writeback(out.fileno())
+        out.close()
         actual = f"sha256:{self.hasher.hexdigest()}"
         if actual != self.digest:
             raise ContentMismatch(f"{self.source} served bytes with digest {actual} for blob {self.digest}: "

@@ -174,6 +174,9 @@ class Store:
                 shutil.rmtree(trash)
 
 
+WRITEBACK_STEP = 8 << 20  # bytes written to a large file between two `start_writeback`s
+
+
 def start_writeback(fd: int) -> None:
     """Have the disk start on the file's dirty pages now, without waiting (sync_file_range WRITE): the
     `sync` before the index names the file then finds it mostly written, instead of the whole pull's

@@ -35,14 +35,17 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from crishim.errors import InvalidArgument
-from crishim.image.store import start_writeback
+from crishim.image.store import WRITEBACK_STEP, start_writeback
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
-_WRITEBACK_STEP = 8 << 20  # a large file's pages are handed to the disk while it is still written
+# A large file's pages are handed to the disk while it is still written and once it is, so the `sync`
+# before the index names the layer finds them written. Smaller files are left to the flusher threads that
+# `sync` wakes: started one by one here, they would cost the unpacking thread more than they save.
+_WRITEBACK_MIN = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # isal is untyped
@@ -124,7 +127,7 @@ class _TarStream:
                 while view:
                     view = view[os.write(fd, view):]
                 unflushed += end - self._pos
-                if unflushed >= _WRITEBACK_STEP:
+                if unflushed >= WRITEBACK_STEP:
                     start_writeback(fd)
                     unflushed = 0
             size -= end - self._pos
@@ -331,7 +334,8 @@ class _Extractor:
                 out_fd = os.open(name, flags, 0o600, dir_fd=fd)
             try:
                 self._write(out_fd, stream, member)
-                start_writeback(out_fd)
+                if member.size >= _WRITEBACK_MIN:
+                    start_writeback(out_fd)
                 self._set_attrs(out_fd, member)
             finally:
                 os.close(out_fd)
