@@ -201,6 +201,7 @@ class ImageManager:
         self._lock = asyncio.Lock()
         self._pins: collections.Counter[str] = collections.Counter()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._blob_fetches_ended = 0  # a count: a pull that looked before it changed looks again
         self._in_use: Callable[[str], bool] = lambda _image_id: False
         self._lock_fd: int | None = None
 
@@ -350,10 +351,22 @@ class ImageManager:
         async with self._pin_scope() as pin:
             await pin([config_desc["digest"], *blobs, *(d["digest"] for d in layer_descs)])
             # What is stored already, in one look: every layer's request can then go out at once.
-            stored = await asyncio.to_thread(self._stored_sizes, [config_desc, *layer_descs])
+            descs = [config_desc, *layer_descs]
+            ended = self._blob_fetches_ended
+            stored = await asyncio.to_thread(self._stored_sizes, descs)
+
+            async def stored_size(index: int) -> int | None:
+                """What that look found for `descs[index]`, looked at again when a blob's fetch has ended
+                since (it may have stored this one), so no pull fetches a blob another just stored. The
+                caller starts its fetch without awaiting anything in between."""
+                seen, size = ended, stored[index]
+                while size is None and seen != self._blob_fetches_ended:
+                    seen = self._blob_fetches_ended
+                    size = await asyncio.to_thread(self._stored_size, descs[index]["digest"])
+                return size
 
             async def known() -> tuple[bytes, list[Layer]]:
-                spec_bytes = await self._config(client, config_desc, stored[0])
+                spec_bytes = await self._config(client, config_desc, await stored_size(0))
                 layers = layers_from(_json(spec_bytes, f"config of {ref}"), layer_descs, what)
                 await pin([layer.diff_id for layer in layers])
                 return spec_bytes, layers
@@ -362,7 +375,7 @@ class ImageManager:
 
             async def one(index: int, desc: dict[str, Any]) -> None:
                 async with limit:
-                    unpacked = await self._fetch_layer(client, desc, stored[index + 1])
+                    unpacked = await self._fetch_layer(client, desc, await stored_size(index + 1))
                     layer = (await asyncio.shield(config))[1][index]
                     if unpacked is not None:
                         unpacked.check(layer.diff_id, layer.digest)
@@ -435,6 +448,8 @@ class ImageManager:
 
             def done(t: asyncio.Future[T]) -> None:
                 self._inflight.pop(key, None)
+                if key.startswith("blob:"):
+                    self._blob_fetches_ended += 1
                 if not t.cancelled():
                     t.exception()  # retrieved here so an abandoned failure is not logged as lost
 
