@@ -12,7 +12,10 @@ at once, each into its own directory; its CPU is the shell's and its children's 
 alternate, so background load hits both alike, with an untimed sync(2) before each pull (crishim syncs the
 layers it unpacks, and would otherwise flush the floor's files too). The big shapes take the median of a
 few pulls, each by a fresh server (see `Shape.fresh_server`), busybox the p50 of 20 by one server,
-RemoveImage (untimed) between them, as critest's benchmark does.
+RemoveImage (untimed) between them, as critest's benchmark does. What a shape's pulls wrote is removed
+(untimed) before the next shape: on the development VM (DAMON and a virtio balloon hand free memory back to
+the host), the kernel's copies into the page cache cost several times more CPU while gigabytes of an
+earlier shape's files stay cached, and the 10-layer pull took twice as long after the big one as alone.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class Shape:
     # A server and store per pull instead of RemoveImage between pulls: creating files just after
     # tens of thousands were deleted makes ext4's inode allocator check each recently deleted inode
     # (`recently_deleted`, over half the CPU of a pull in `perf`), which would be measured instead.
-    # The floor's trees are likewise kept until the end.
+    # The floor's trees are likewise kept until the shape ends.
     fresh_server: bool = True
 
 
@@ -212,6 +215,9 @@ def measure(root: Path, pulls: int | None, progress: Callable[[str], None],
                 else:
                     ours.append(crishim_pull(warm, image, remove=True))
             shapes[shape.key] = summarise(shape, image, floor, ours)
+            for n in range(count):
+                remove_root(root / "pull-floor" / f"{shape.key}-{n}")
+                remove_root(root / f"crishim-pull-{shape.key}-{n}")
         return {"measured": True, "floor_method": FLOOR_METHOD, "shapes": shapes}
     finally:
         warm.stop()

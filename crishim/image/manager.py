@@ -42,8 +42,8 @@ from crishim.image.registry import (
 )
 from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
-from crishim.image.store import INDEX_VERSION, Store, sha256_digest
-from crishim.image.unpack import DiskUsage, Feed, disk_usage, unpack_fed, unpack_layer
+from crishim.image.store import INDEX_VERSION, WRITEBACK_STEP, Store, sha256_digest, start_writeback
+from crishim.image.unpack import DiskUsage, Feed, Unpacked, disk_usage, unpack_fed, unpack_layer
 from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
 
@@ -201,6 +201,7 @@ class ImageManager:
         self._lock = asyncio.Lock()
         self._pins: collections.Counter[str] = collections.Counter()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._blob_fetches_ended = 0  # a count: a pull that looked before it changed looks again
         self._in_use: Callable[[str], bool] = lambda _image_id: False
         self._lock_fd: int | None = None
 
@@ -301,7 +302,7 @@ class ImageManager:
         for endpoint in host.endpoints():
             client = RegistryClient(endpoint, parsed.path, auth, self._http, self.pull_progress_timeout)
             try:
-                content = await self._fetch(client, parsed)
+                record = await self._fetch(client, parsed)
             except (EndpointError, EndpointNotFound) as exc:
                 log.info("pull of %s from %s failed: %s", parsed, endpoint.url, exc)
                 failures.append(exc)
@@ -311,7 +312,6 @@ class ImageManager:
                 raise
             finally:
                 await client.aclose()
-            record = await self._commit(content, parsed)
             observe_pull(time.perf_counter() - started, record.size)
             return record
         await self._collect()
@@ -321,7 +321,10 @@ class ImageManager:
             raise NotFound(f"image {parsed} not found: {detail}") from last
         raise type(last)(f"pulling {parsed}: {detail}") from last
 
-    async def _fetch(self, client: RegistryClient, ref: Reference) -> ImageContent:
+    async def _fetch(self, client: RegistryClient, ref: Reference) -> ImageRecord:
+        """Fetch what `ref` names and name it. The config and the layers are fetched at once, each layer
+        unpacked as it arrives and named after the digest of what it unpacked to; the diff_id the config
+        lists for it is checked once both are in."""
         body, media_type = await client.manifest(ref.object)
         top_digest = sha256_digest(body)
         if ref.digest and top_digest != ref.digest:
@@ -345,55 +348,96 @@ class ImageManager:
             raise InvalidArgument(f"{what}: image indexes nest too deeply")
         manifest_digest = sha256_digest(body)
         config_desc, layer_descs = parse_manifest(body, what)
-        pins = [config_desc["digest"], *blobs, *(d["digest"] for d in layer_descs)]
-        async with self._pinned(pins):
-            spec_bytes = await self._config(client, config_desc)
-            layers = layers_from(_json(spec_bytes, f"config of {ref}"), layer_descs, what)
-            async with self._pinned([layer.diff_id for layer in layers]):
-                limit = asyncio.Semaphore(_PARALLEL_LAYERS)
+        async with self._pin_scope() as pin:
+            await pin([config_desc["digest"], *blobs, *(d["digest"] for d in layer_descs)])
+            # What is stored already, in one look: every layer's request can then go out at once.
+            descs = [config_desc, *layer_descs]
+            ended = self._blob_fetches_ended
+            stored = await asyncio.to_thread(self._stored_sizes, descs)
 
-                async def one(layer: Layer) -> None:
-                    async with limit:
-                        if not await asyncio.to_thread(self._layer_ready, layer):
-                            await self._once(f"layer:{layer.diff_id}",
-                                             lambda: self._fetch_layer(client, layer))
-                        await self._ensure_blob(client, {"digest": layer.digest, "size": layer.size})
+            async def stored_size(index: int) -> int | None:
+                """What that look found for `descs[index]`, looked at again when a blob's fetch has ended
+                since (it may have stored this one), so no pull fetches a blob another just stored. The
+                caller starts its fetch without awaiting anything in between."""
+                seen, size = ended, stored[index]
+                while size is None and seen != self._blob_fetches_ended:
+                    seen = self._blob_fetches_ended
+                    size = await asyncio.to_thread(self._stored_size, descs[index]["digest"])
+                return size
 
-                def put_manifests() -> None:
-                    for digest, data in manifests.items():
-                        self.store.put_blob(digest, data)
+            async def known() -> tuple[bytes, list[Layer]]:
+                spec_bytes = await self._config(client, config_desc, await stored_size(0))
+                layers = layers_from(_json(spec_bytes, f"config of {ref}"), layer_descs, what)
+                await pin([layer.diff_id for layer in layers])
+                return spec_bytes, layers
 
-                async def metadata() -> None:
-                    """Manifests and config stored while the layers download: each is durable before
-                    `_commit` names the image, and off the pull's critical path."""
-                    await asyncio.to_thread(put_manifests)
-                    await self._ensure_blob(client, config_desc)
+            limit = asyncio.Semaphore(_PARALLEL_LAYERS)
 
-                # Every layer settles before the pull answers: a failed layer must not leave a
-                # sibling still unpacking (or the config still being written) behind the garbage
-                # collection that follows the error.
-                outcomes = await asyncio.gather(metadata(), *(one(layer) for layer in layers),
-                                                return_exceptions=True)
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                blobs[config_desc["digest"]] = config_desc["size"]
-                blobs.update((layer.digest, layer.size) for layer in layers)
-                return ImageContent(top_digest=top_digest, manifest_digest=manifest_digest,
-                                    spec_bytes=spec_bytes,
-                                    layers=layers, blobs=blobs)
+            async def one(index: int, desc: dict[str, Any]) -> None:
+                async with limit:
+                    unpacked = await self._fetch_layer(client, desc, await stored_size(index + 1))
+                    layer = (await asyncio.shield(config))[1][index]
+                    if unpacked is not None:
+                        unpacked.check(layer.diff_id, layer.digest)
+                    if unpacked is None or layer.diff_id not in self._layer_usage:  # else just named
+                        await self._ensure_layer(layer)
+
+            def put_manifests() -> None:
+                for digest, data in manifests.items():
+                    self.store.put_blob(digest, data)
+
+            async def metadata() -> None:
+                """Manifests and config stored while the layers download: each is in the store before
+                `_commit` names the image, and off the pull's critical path."""
+                await asyncio.to_thread(put_manifests)
+                await asyncio.shield(config)
+                await self._ensure_blob(client, config_desc)
+
+            # The layers' requests go out first: they are the pull's critical path, the config is small.
+            fetches = [asyncio.ensure_future(one(n, desc)) for n, desc in enumerate(layer_descs)]
+            config = asyncio.ensure_future(known())
+            # Everything settles before the pull answers: a failed layer must not leave a sibling still
+            # unpacking (or the config still being written) behind the garbage collection that follows
+            # the error.
+            outcomes = await asyncio.gather(*fetches, config, metadata(), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            spec_bytes, layers = config.result()
+            blobs[config_desc["digest"]] = config_desc["size"]
+            blobs.update((layer.digest, layer.size) for layer in layers)
+            content = ImageContent(top_digest=top_digest, manifest_digest=manifest_digest,
+                                   spec_bytes=spec_bytes, layers=layers, blobs=blobs)
+            return await self._commit(content, ref)  # still pinned: no collection between
+
+    @contextlib.asynccontextmanager
+    async def _pin_scope(self) -> AsyncIterator[Callable[[Iterable[str]], Awaitable[None]]]:
+        """`await pin(digests)` keeps those blobs or layers from garbage collection until the scope
+        ends. A pin is taken under the lock: once it is, no collection that missed it is still running."""
+        held: collections.Counter[str] = collections.Counter()
+        open_ = True
+
+        async def pin(digests: Iterable[str]) -> None:
+            keys = [d.removeprefix("sha256:") for d in digests]
+            async with self._lock:
+                if not open_:
+                    raise asyncio.CancelledError("pinned after its scope ended")
+                self._pins.update(keys)
+                held.update(keys)
+
+        try:
+            yield pin
+        finally:
+            open_ = False
+            self._pins.subtract(held)
+            self._pins += collections.Counter()  # drop zero counts
 
     @contextlib.asynccontextmanager
     async def _pinned(self, digests: Iterable[str]) -> AsyncIterator[None]:
         """Keep `digests` (blobs or layers) from garbage collection while a pull needs them."""
-        keys = [d.removeprefix("sha256:") for d in digests]
-        async with self._lock:
-            self._pins.update(keys)
-        try:
+        async with self._pin_scope() as pin:
+            await pin(digests)
             yield
-        finally:
-            self._pins.subtract(keys)
-            self._pins += collections.Counter()  # drop zero counts
 
     def _start_once(self, key: str, factory: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         """The task running `factory` for `key`, started unless one runs already."""
@@ -404,6 +448,8 @@ class ImageManager:
 
             def done(t: asyncio.Future[T]) -> None:
                 self._inflight.pop(key, None)
+                if key.startswith("blob:"):
+                    self._blob_fetches_ended += 1
                 if not t.cancelled():
                     t.exception()  # retrieved here so an abandoned failure is not logged as lost
 
@@ -414,13 +460,12 @@ class ImageManager:
         """Run `factory` once for concurrent callers asking for the same `key`."""
         return await asyncio.shield(self._start_once(key, factory))
 
-    async def _config(self, client: RegistryClient, desc: dict[str, Any]) -> bytes:
-        """The config's bytes. Unless stored or on its way to the store already, it is fetched into
-        memory (no thread hop per chunk, no disk on the way) and its storing is started: the pull awaits
-        that in `_ensure_blob` before naming the image, while the layers download."""
+    async def _config(self, client: RegistryClient, desc: dict[str, Any], stored: int | None) -> bytes:
+        """The config's bytes (`stored`: the size of the stored blob, if any). Unless stored or on its
+        way to the store already, it is fetched into memory (no thread hop per chunk, no disk on the way)
+        and its storing is started: the pull awaits that in `_ensure_blob` before naming the image."""
         digest, size = desc["digest"], desc["size"]
-        stored = await asyncio.to_thread(self.store.has_blob, digest)
-        if stored or size > MAX_MANIFEST_BYTES or f"blob:{digest}" in self._inflight:
+        if stored is not None or size > MAX_MANIFEST_BYTES or f"blob:{digest}" in self._inflight:
             await self._ensure_blob(client, desc)
             return await asyncio.to_thread(self.store.read_blob, digest)
 
@@ -437,66 +482,71 @@ class ImageManager:
 
         return await self._once(f"config:{digest}", fetch)
 
+    def _stored_size(self, digest: str) -> int | None:
+        try:
+            return self.store.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _stored_sizes(self, descs: Iterable[dict[str, Any]]) -> builtins.list[int | None]:
+        return [self._stored_size(desc["digest"]) for desc in descs]
+
     async def _ensure_blob(self, client: RegistryClient, desc: dict[str, Any]) -> None:
         """Download the blob unless stored; either way its size must be the one `desc` declares."""
         digest, size = desc["digest"], desc["size"]
-        if not await asyncio.to_thread(self.store.has_blob, digest):
+        stored = await asyncio.to_thread(self._stored_size, digest)
+        if stored is None:
             await self._once(f"blob:{digest}", lambda: self._download(client, digest, size))
-        stored = (await asyncio.to_thread(self.store.blob_path(digest).stat)).st_size
-        if stored != size:
-            raise ContentMismatch(f"the manifest from {client.endpoint.url} declares {size} bytes for "
-                                  f"blob {digest}, the stored blob of that digest has {stored}")
+            stored = (await asyncio.to_thread(self.store.blob_path(digest).stat)).st_size
+        _check_size(client, digest, size, stored)
 
-    async def _download(self, client: RegistryClient, digest: str, size: int, layer: Layer | None = None
-                        ) -> None:
-        """Store the blob; with `layer`, unpack it too as it arrives (in a thread, fed through a
-        `Feed`), committed only once the blob's digest is right: download, hashing, decompression and
-        extraction overlap instead of following one another."""
-        if await asyncio.to_thread(self.store.has_blob, digest):
-            return
-        tmp = self.store.ingest_path(digest)
-        out = await asyncio.to_thread(open, tmp, "wb", buffering=0)
-        hasher = hashlib.sha256()
-        feed: Feed | None = None
-        unpacking: asyncio.Future[DiskUsage] | None = None
-        layer_tmp: Path | None = None
-        if layer is not None:
-            feed, layer_tmp = Feed(), self.store.layer_tmp(layer.diff_id)
-            unpacking = asyncio.ensure_future(asyncio.to_thread(unpack_fed, feed, layer_tmp, layer.diff_id,
-                                                                layer.digest))
+    async def _fetch_layer(self, client: RegistryClient, desc: dict[str, Any], stored: int | None
+                           ) -> Unpacked | None:
+        """The layer's blob stored (`stored`: its size if it was already); downloaded and unpacked at
+        once (what it unpacked to returned) unless it was stored or on its way already."""
+        digest, size = desc["digest"], desc["size"]
+        if stored is not None:
+            _check_size(client, digest, size, stored)
+            return None
+        fetched = await self._once(f"blob:{digest}",
+                                   lambda: self._download(client, digest, size, unpack=True))
+        if not isinstance(fetched, _Downloaded):  # stored by the config's fetch (a config as a layer)
+            await self._ensure_blob(client, desc)
+            return None
+        _check_size(client, digest, size, fetched.size)  # another pull's fetch may have declared another
+        return fetched.unpacked
 
-        def take(chunk: bytes) -> None:
-            hasher.update(chunk)
-            out.write(chunk)
-            if feed is not None:
-                feed.put(chunk)
-
+    async def _download(self, client: RegistryClient, digest: str, size: int, unpack: bool = False
+                        ) -> _Downloaded:
+        """Store the blob (the caller found it missing); with `unpack`, unpack it too as it arrives (in a
+        thread, fed through a `Feed`) and name the layer after the digest of what it unpacked to, once
+        the blob's digest is right: download, hashing, decompression and extraction overlap instead of
+        following one another, and none waits for the image config."""
+        ingest = _Ingest(self.store, digest, client.endpoint.url, Feed() if unpack else None)
+        layer_tmp = self.store.layer_tmp(digest)
+        unpacking = None if ingest.feed is None else \
+            asyncio.ensure_future(asyncio.to_thread(unpack_fed, ingest.feed, layer_tmp, digest))
+        stored = named = False
         try:
             async with client.blob(digest, size) as chunks:
                 async for chunk in chunks:
-                    await asyncio.to_thread(take, chunk)
-            if feed is not None:
-                await asyncio.to_thread(feed.end)
-            actual = f"sha256:{hasher.hexdigest()}"
-            if actual != digest:
-                raise ContentMismatch(f"{client.endpoint.url} served bytes with digest {actual} for "
-                                      f"blob {digest}: not stored")
-            await asyncio.to_thread(_flush_close, out)
-            await asyncio.to_thread(self.store.commit_ingest, tmp, digest)
-            if unpacking is not None and layer is not None and layer_tmp is not None:
-                usage = await unpacking
-                await asyncio.to_thread(self.store.commit_layer, layer_tmp, layer.diff_id)
-                self._layer_usage[layer.diff_id] = usage
+                    await asyncio.to_thread(ingest.take, chunk)
+            await asyncio.to_thread(ingest.commit)
+            stored = True
+            if unpacking is None:
+                return _Downloaded(size, None)
+            unpacked = await unpacking
+            async with self._pinned([unpacked.diff_id]):  # no collection while the layer is named
+                named = await asyncio.to_thread(self.store.commit_layer, layer_tmp, unpacked.diff_id)
+                self._layer_usage.setdefault(unpacked.diff_id, unpacked.usage)
+            return _Downloaded(size, unpacked)
         finally:
-            if feed is not None:
-                await asyncio.to_thread(feed.end)  # blocks while the feed is full
-            if unpacking is not None:
+            if not stored:
+                await asyncio.to_thread(ingest.drop)
+            if unpacking is not None and not named:  # failed, or the same layer was there already
                 await asyncio.wait([unpacking])  # the thread ends once the feed has ended
                 if not unpacking.cancelled():
                     unpacking.exception()  # a download error explains a truncated layer better
-            await asyncio.to_thread(out.close)
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
-            if layer_tmp is not None:
                 await asyncio.to_thread(shutil.rmtree, layer_tmp, True)
 
     def _layer_ready(self, layer: Layer) -> bool:
@@ -505,18 +555,6 @@ class ImageManager:
     async def _ensure_layer(self, layer: Layer) -> None:
         if not await asyncio.to_thread(self._layer_ready, layer):
             await self._once(f"layer:{layer.diff_id}", lambda: self._unpack(layer))
-
-    async def _fetch_layer(self, client: RegistryClient, layer: Layer) -> None:
-        """Download and unpack at once unless the blob is stored or on its way already."""
-        digest = layer.digest
-        if f"blob:{digest}" not in self._inflight \
-                and not await asyncio.to_thread(self.store.has_blob, digest) \
-                and not await asyncio.to_thread(self.store.layer_path(layer.diff_id).exists):
-            await self._once(f"blob:{digest}", lambda: self._download(client, digest, layer.size, layer))
-        else:
-            await self._ensure_blob(client, {"digest": digest, "size": layer.size})
-        if not await asyncio.to_thread(self._layer_ready, layer):
-            await self._unpack(layer)
 
     async def _unpack(self, layer: Layer) -> None:
         final = self.store.layer_path(layer.diff_id)
@@ -548,7 +586,7 @@ class ImageManager:
             for name in [*([ref] if ref else []), *extra_names]:
                 self._name(record, name, content)
             self._images[image_id] = record
-            await asyncio.to_thread(self.store.save_index, self._index_data())
+            await asyncio.to_thread(self.store.save_index, self._index_data(), True)
         return record
 
     def _name(self, record: ImageRecord, ref: Reference, content: ImageContent) -> None:
@@ -744,6 +782,68 @@ class ImageManager:
                 await self._collect_locked()
 
 
+class _Ingest:
+    """One blob on its way into the store; the methods block (worker threads). Written and hashed as it
+    arrives (and handed to an unpacking thread through `feed`), committed under its digest only if that is
+    the one asked for (`source` names who served it)."""
+
+    def __init__(self, store: Store, digest: str, source: str, feed: Feed | None) -> None:
+        self.store, self.digest, self.source, self.feed = store, digest, source, feed
+        self.tmp = store.ingest_path(digest)
+        self.hasher = hashlib.sha256()
+        self._out: IO[bytes] | None = None
+        self._unflushed = 0
+
+    def _file(self) -> IO[bytes]:
+        if self._out is None:  # opened here, by the first bytes: no thread hop before the request
+            self._out = open(self.tmp, "wb", buffering=0)  # noqa: SIM115 - closed by commit or drop
+        return self._out
+
+    def take(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        out = self._file()
+        out.write(chunk)
+        self._unflushed += len(chunk)
+        if self._unflushed >= WRITEBACK_STEP:
+            start_writeback(out.fileno())
+            self._unflushed = 0
+        if self.feed is not None:
+            self.feed.put(chunk)
+
+    def commit(self) -> None:
+        if self.feed is not None:
+            self.feed.end()
+        out = self._file()
+        start_writeback(out.fileno())
+        out.close()
+        actual = f"sha256:{self.hasher.hexdigest()}"
+        if actual != self.digest:
+            raise ContentMismatch(f"{self.source} served bytes with digest {actual} for blob {self.digest}: "
+                                  "not stored")
+        self.store.commit_ingest(self.tmp, self.digest)
+
+    def drop(self) -> None:
+        if self.feed is not None:
+            self.feed.end()  # blocks while the feed is full
+        if self._out is not None:
+            self._out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Downloaded:
+    """A blob a pull downloaded: its size, and what it unpacked to when it was a layer unpacked on the way."""
+
+    size: int
+    unpacked: Unpacked | None
+
+
+def _check_size(client: RegistryClient, digest: str, declared: int, stored: int) -> None:
+    if stored != declared:
+        raise ContentMismatch(f"the manifest from {client.endpoint.url} declares {declared} bytes for "
+                              f"blob {digest}, the stored blob of that digest has {stored}")
+
+
 def _volume_key(container_id: str, index: int | str) -> str:
     """Image volumes are kept like container rootfs, under the container's id and the mount's index."""
     return f"{container_id}-volume-{index}"
@@ -752,10 +852,3 @@ def _volume_key(container_id: str, index: int | str) -> str:
 def _own_dirs(rootfs: Rootfs) -> list[Path]:
     """The directories a container's overlay has to itself (the layers are shared)."""
     return [p for p in (rootfs.upper_dir, rootfs.work_dir, rootfs.merged) if p is not None]
-
-
-def _flush_close(out: Any) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-    out.close()
-

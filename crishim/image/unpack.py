@@ -35,12 +35,17 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from crishim.errors import InvalidArgument
+from crishim.image.store import WRITEBACK_STEP, start_writeback
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+# A large file's pages are handed to the disk while it is still written and once it is, so the `sync`
+# before the index names the layer finds them written. Smaller files are left to the flusher threads that
+# `sync` wakes: started one by one here, they would cost the unpacking thread more than they save.
+_WRITEBACK_MIN = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # isal is untyped
@@ -112,6 +117,7 @@ class _TarStream:
 
     def copy(self, fd: int | None, size: int) -> None:
         """The next `size` bytes written to `fd` (or dropped, when None); they must all be there."""
+        unflushed = 0
         while size:
             if self._pos == len(self._buf) and not self._fill():
                 raise EOFError("unexpected end of data")
@@ -120,6 +126,10 @@ class _TarStream:
                 view = memoryview(self._buf)[self._pos:end]
                 while view:
                     view = view[os.write(fd, view):]
+                unflushed += end - self._pos
+                if unflushed >= WRITEBACK_STEP:
+                    start_writeback(fd)
+                    unflushed = 0
             size -= end - self._pos
             self._pos = end
 
@@ -324,6 +334,8 @@ class _Extractor:
                 out_fd = os.open(name, flags, 0o600, dir_fd=fd)
             try:
                 self._write(out_fd, stream, member)
+                if member.size >= _WRITEBACK_MIN:
+                    start_writeback(out_fd)
                 self._set_attrs(out_fd, member)
             finally:
                 os.close(out_fd)
@@ -404,16 +416,34 @@ class _Extractor:
                 os.close(fd)
 
 
+@dataclass(frozen=True)
+class Unpacked:
+    """A layer unpacked: the digest of its uncompressed stream (what an image config calls its diff_id)
+    and the disk it takes."""
+
+    diff_id: str
+    usage: DiskUsage
+
+    def check(self, diff_id: str, layer: str) -> None:
+        """Refuse the layer (`layer` names it) unless it is the one the image config lists."""
+        if self.diff_id != diff_id:
+            raise LayerError(f"layer {layer}: uncompressed content is {self.diff_id}, but the image config "
+                             f"says {diff_id}")
+
+
 def unpack_layer(blob: Path, dest: Path, diff_id: str) -> DiskUsage:
     """Unpack `blob` (a store blob, named by its sha256 hex) into the new directory `dest`; checks the
     uncompressed digest against `diff_id`. Errors name the layer and the entry."""
+    layer = f"sha256:{blob.name}"
     with open(blob, "rb") as raw:
-        return unpack_stream(raw, dest, diff_id, f"sha256:{blob.name}")
+        unpacked = unpack_stream(raw, dest, layer)
+    unpacked.check(diff_id, layer)
+    return unpacked.usage
 
 
-def unpack_stream(raw: io.BufferedReader, dest: Path, diff_id: str, layer: str) -> DiskUsage:
+def unpack_stream(raw: io.BufferedReader, dest: Path, layer: str) -> Unpacked:
     """Unpack the layer blob `raw` reads (compressed or not, read once from start to end) into the new
-    directory `dest`; checks the uncompressed digest against `diff_id`. `layer` names it in errors."""
+    directory `dest`, hashing the uncompressed stream on the way. `layer` names it in errors."""
     dest.mkdir(mode=0o755)  # a read-only stack's root is its top layer's: `layers/` keeps others out
     root = os.open(dest, _DIR_FLAGS)
     try:
@@ -435,10 +465,7 @@ def unpack_stream(raw: io.BufferedReader, dest: Path, diff_id: str, layer: str) 
             extractor.close()
     finally:
         os.close(root)
-    if actual != diff_id:
-        raise LayerError(f"layer {layer}: uncompressed content is {actual}, but the image config "
-                         f"says {diff_id}")
-    return disk_usage(dest)
+    return Unpacked(actual, disk_usage(dest))
 
 
 def disk_usage(root: Path) -> DiskUsage:
@@ -499,9 +526,9 @@ class Feed(io.RawIOBase):
             self._ended = self._chunks.get() is None
 
 
-def unpack_fed(feed: Feed, dest: Path, diff_id: str, layer: str) -> DiskUsage:
+def unpack_fed(feed: Feed, dest: Path, layer: str) -> Unpacked:
     """`unpack_stream` of what `feed` is given, as it arrives."""
     try:
-        return unpack_stream(io.BufferedReader(feed, _CHUNK), dest, diff_id, layer)
+        return unpack_stream(io.BufferedReader(feed, _CHUNK), dest, layer)
     finally:
         feed.discard_rest()

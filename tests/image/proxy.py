@@ -4,7 +4,8 @@ It forwards GETs (one request per connection, `Connection: close`) and can flip 
 of at least `tamper_min_bytes` (`tamper`), send blobs chunked without a Content-Length (`chunked`), or
 stall inside any blob of at least `stall_min_bytes`: it sends the blob in `stall_pauses + 1` pieces and
 pauses `stall_seconds` after each but the last (None: until the proxy stops), or answer 500 for the blob
-`broken_blob` names (a digest). It counts the requests it saw per path.
+`broken_blob` names (a digest), or hold the request for the blob `held_blob` names until `release_held`
+(`held` is set once it came). It counts the requests it saw per path.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ class RegistryProxy:
         self.stall_pauses = 1
         self.stall_seconds: float | None = None
         self.broken_blob = ""
+        self.held_blob = ""
+        self.held = asyncio.Event()
         self.stalled = asyncio.Event()
         self.requests: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
         self._client = httpx.AsyncClient(timeout=30)
         self._release = asyncio.Event()
+        self._release_held = asyncio.Event()
 
     @property
     def host(self) -> str:
@@ -61,6 +65,9 @@ class RegistryProxy:
                              b"Content-Length: 0\r\n\r\n")
                 await writer.drain()
                 return
+            if self.held_blob and path.endswith(f"/blobs/{self.held_blob}"):
+                self.held.set()
+                await self._release_held.wait()
             response = await self._client.request(method, f"{self.upstream}{path}", headers=headers)
             body = response.content
             is_blob = "/blobs/" in path and response.status_code == 200
@@ -99,12 +106,16 @@ class RegistryProxy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), self.stall_seconds)
 
+    def release_held(self) -> None:
+        self._release_held.set()
+
     async def start(self) -> RegistryProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self
 
     async def stop(self) -> None:
         self._release.set()
+        self._release_held.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
