@@ -134,9 +134,11 @@ LONG_SHAPES = [40960, 16384, 16385, 50000, 8192, 0, 3]
 
 
 def records(path: str) -> list[tuple[str, str, int, bytes]]:
-    """(stream, tag, length, text) per record of a CRI log."""
+    """(stream, tag, length, text) per record of a CRI log; a record still being written is left out
+    (as kubelet's reader waits for its newline)."""
     out = []
-    for line in Path(path).read_bytes().splitlines():
+    *lines, _unfinished = Path(path).read_bytes().split(b"\n")
+    for line in lines:
         _, stream, tag, text = line.split(b" ", 3)
         out.append((stream.decode(), tag.decode(), len(text), text))
     return out

@@ -389,13 +389,24 @@ def test_log_rotation_keeps_long_lines_whole(kubelet: Kubelet, test_images: Test
         rotated = sorted(p for p in log_dir.glob("0.log.*") if p.suffix != ".gz")
         return [*compressed, *rotated, log_dir / "0.log"]
 
-    found = poll(lambda: f if (f := files()) and f[-1].exists() and ".tmp" not in str(f) else None,
-                 what="a settled set of log files")
-    assert len(found) <= 3  # --container-log-max-files counts the live log too
-    assert found[-2].suffix != ".gz" and found[0].suffix == ".gz"  # the newest rotated file stays plain
-    data = b"".join(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-                    for p in found)
-    records = [line.split(b" ", 3) for line in data.splitlines()]
+    def between_rotations() -> tuple[list[Path], bytes] | None:
+        """The files and their records, read while no rotation ran: the older files gzipped, the
+        newest rotated one plain (readers may still be on it), the live log."""
+        found = files()
+        if (len(found) < 3 or found[-2].suffix in (".gz", ".tmp")
+                or any(p.suffix != ".gz" for p in found[:-2])):
+            return None
+        try:
+            data = b"".join(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+                            for p in found)
+        except FileNotFoundError:
+            return None
+        return (found, data) if files() == found else None
+
+    found, data = poll(between_rotations, what="the log files between two rotations")
+    assert len(found) == 3  # --container-log-max-files counts the live log too
+    *record_lines, _unfinished = data.split(b"\n")  # the live log's last record may be being written
+    records = [line.split(b" ", 3) for line in record_lines]
     assert all(stream == b"stdout" and tag in (b"P", b"F") for _, stream, tag, _ in records)
     assert all(len(text) == 16384 for _, _, tag, text in records if tag == b"P")
     lines, current = [], b""
