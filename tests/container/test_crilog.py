@@ -150,7 +150,8 @@ async def test_long_lines_as_containerd_writes_them(env: Env, pod: Pod) -> None:
     await mgr.recover()
     script = "; ".join(f"head -c {n} /dev/zero | tr '\\0' x; echo" for n in LONG_SHAPES)
     script += "; printf 'crlf\\r\\n'; printf 'to-err\\n' >&2; printf 'no newline at the end'"
-    c = await mgr.create(pod.sandbox, spec("long", script), IMAGE)
+    # As kubelet names them: a 63-character container name, and so log path.
+    c = await mgr.create(pod.sandbox, spec("long-lines-" + "x" * 52, script), IMAGE)
     await mgr.start(c.id)
 
     async def exited() -> bool:
