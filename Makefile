@@ -6,9 +6,10 @@ APT_PACKAGES := iproute2 iptables util-linux procps containernetworking-plugins 
 	skopeo umoci docker-registry busybox-static catatonit python3-venv ca-certificates
 CNI_CONF_DIR ?= /etc/cni/net.d
 N ?= 200
-# `make bench PEER=containerd`: side by side with Debian's containerd (installed for the bench only).
+# Debian's containerd, installed for the bench only: its pull rows run containerd beside crishim, and
+# `make bench PEER=containerd` runs the container path side by side with it.
 PEER ?=
-PEER_PACKAGES := containerd
+BENCH_PACKAGES := containerd
 PYTEST_ARGS ?=
 
 .PHONY: install apt venv run test lint proto bench clean
@@ -49,14 +50,14 @@ proto: venv
 	PYTHON=$(PY) sh scripts/gen_proto.sh
 
 bench: install
-ifeq ($(PEER),)
-	$(PY) -m bench --pods $(N)
-else
-	@missing=$$(for p in $(PEER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing for the bench:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+ifeq ($(PEER),)
+	$(PY) -m bench --pods $(N)
+else
 	$(PY) -m bench --peer $(PEER) --pods $(N)
 endif
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench.containers import COMMAND, IMAGE_REF, container_config, pod_config
 from bench.measure import percentile, summarise
 from bench.rpc import channel, runtime_stub
@@ -253,6 +255,7 @@ class Containerd:
     root: Path
     registry: str
     proc: subprocess.Popen[bytes] | None = None
+    channel: grpc.Channel | None = None
 
     @property
     def socket(self) -> Path:
@@ -278,7 +281,20 @@ class Containerd:
     def version(self) -> str:
         return run([CONTAINERD, "--version"]).stdout.split()[2]
 
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("containerd is not running")
+        return self.proc.pid
+
+    def images(self) -> api_pb2_grpc.ImageServiceStub:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(f"unix:{self.socket}")
+        return api_pb2_grpc.ImageServiceStub(self.channel)  # type: ignore[no-untyped-call]
+
     def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

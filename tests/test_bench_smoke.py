@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import main as bench_main
-from bench import peer
+from bench import peer, pulls, report
 from bench.servers import BenchServer
 from tests.harness import REPO
 
@@ -46,6 +46,10 @@ def test_bench_runs_and_cleans_up(tmp_path: Path) -> None:
     assert busybox["pulls"] == 3 and busybox["layers"] == 1
     assert busybox["floor"]["wall_s"] > 0 and 0 < busybox["crishim"]["wall_s"] < 10
     assert busybox["ratios"]["wall_vs_floor"] > 0
+    # containerd pulls beside crishim where installed (`make bench` installs it; `make test` does not)
+    assert (busybox["containerd"] is not None) == Path(peer.CONTAINERD).exists()
+    if busybox["containerd"] is not None:
+        assert 0 < busybox["containerd"]["wall_s"] < 10 and busybox["ratios"]["wall_vs_containerd"] > 0
     assert {t["verdict"] for t in results["targets"]} <= {"PASS", "MISS"}
     assert "targets" in done.stdout
     assert results["cleanup"] == {"ok": True, "leftovers": []}
@@ -120,6 +124,26 @@ def test_peer_compare_targets_and_render() -> None:
                         "targets": peer.targets(rows, memory)})
     assert "CreateContainer+StartContainer" in text and "MISS  RunPodSandbox" in text
     assert "crishim container created phases, p50 ms: a 1.0, b 2.0" in text
+
+
+def test_pull_rows_compare_with_containerd_only_where_measured() -> None:
+    shape = pulls.SHAPES[-1]
+    pushed = pulls.Pushed(shape=shape, ref="bench.local/x:1", holder_ref="bench.local/y:1", manifest_url="m",
+                          config_url="c", layer_urls=[], compressed_bytes=1 << 20,
+                          blobs=frozenset())
+    floor = [(0.02, 0.01), (0.03, 0.02), (0.04, 0.03)]
+    both = pulls.summarise(shape, pushed, floor, {"crishim": [(0.01, 0.0), (0.012, 0.01), (0.5, 0.02)],
+                                                  "containerd": [(0.02, 0.02), (0.024, 0.02), (0.03, 0.02)]})
+    assert both["crishim"]["wall_s"] == 0.012 and both["crishim"]["cpu_s"] == 0.01  # median, mean
+    assert both["ratios"]["wall_vs_containerd"] == 0.5 and both["ratios"]["cpu_vs_containerd"] == 0.5
+    verdicts = {t.name: t.verdict for t in report.pull_targets({"shapes": {shape.key: both}})}
+    assert verdicts == {f"pull s, {shape.label} (containerd)": "PASS",
+                        f"pull CPU s, {shape.label} (containerd)": "PASS"}
+    alone = pulls.summarise(shape, pushed, floor, {"crishim": [(0.05, 0.03)] * 3})
+    assert alone["containerd"] is None and "wall_vs_containerd" not in alone["ratios"]
+    assert report.pull_targets({"shapes": {shape.key: alone}}) == []
+    row = pulls.render({"measured": True, "floor_method": "x", "shapes": {shape.key: alone}})[3]
+    assert row.split()[-4:] == ["-", "-", "-", "-"]
 
 
 def test_peer_mode_arguments() -> None:
