@@ -209,6 +209,7 @@ class ImageManager:
 
     async def start(self) -> None:
         """Take the store, load the index and drop what an interrupted run left half done."""
+        self._http.warm_up()
         await asyncio.to_thread(self._open)
         await self._collect()
 
@@ -298,6 +299,7 @@ class ImageManager:
         started = time.perf_counter()
         parsed = reference.parse(ref)
         host = await asyncio.to_thread(load_host_config, self.registry_config_dir, parsed.domain)
+        await self._http.warmed()
         failures: list[CrishimError] = []
         for endpoint in host.endpoints():
             client = RegistryClient(endpoint, parsed.path, auth, self._http, self.pull_progress_timeout)

@@ -10,7 +10,9 @@ a large layer goes on, and a registry that pauses for less than that finishes th
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
 import http.cookiejar
 import json
@@ -103,6 +105,30 @@ def _default_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def _warm_up() -> None:
+    """Blocking: what the first pull would otherwise spend on the event loop, some 50 ms. httpx loads
+    httpcore, h11 and anyio's parts on a client's first request, and the system's trust store is read
+    once (`_default_tls`); one request of its own over loopback, on a loop of its own, loads the same,
+    whatever those libraries' versions load. Best effort: a failure here is met again, and reported, by a
+    pull."""
+    with contextlib.suppress(Exception):
+        asyncio.run(_first_request())
+
+
+async def _first_request() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with listener, httpx.AsyncClient(verify=_default_tls()) as client:
+        await client.get(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/")
+
+
 class HttpPool:
     """HTTP clients shared by pulls, so a pull reuses the connections of the last one to the registry.
 
@@ -115,6 +141,18 @@ class HttpPool:
 
     def __init__(self) -> None:
         self._shared: dict[bool, httpx.AsyncClient] = {}
+        self._warming: asyncio.Future[None] | None = None
+
+    def warm_up(self) -> None:
+        """Load in a thread, from now on, what the first request would load on the event loop."""
+        if self._warming is None:
+            self._warming = asyncio.ensure_future(asyncio.to_thread(_warm_up))
+
+    async def warmed(self) -> None:
+        """Wait for a warm-up still running: a pull meeting it halfway would contend with it for the
+        same imports, and take longer than either."""
+        if self._warming is not None and not self._warming.done():
+            await asyncio.shield(self._warming)  # a cancelled pull leaves the warm-up to finish
 
     def _new(self, verify: ssl.SSLContext | bool, cookies: http.cookiejar.CookieJar | None = None
              ) -> httpx.AsyncClient:
@@ -135,6 +173,8 @@ class HttpPool:
         return shared, False
 
     async def aclose(self) -> None:
+        if self._warming is not None:
+            await self._warming  # a thread: it cannot be cancelled, and it is short
         shared, self._shared = list(self._shared.values()), {}
         for client in shared:
             await client.aclose()

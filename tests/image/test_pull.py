@@ -433,6 +433,50 @@ async def test_http_pool_keeps_trust_settings_and_no_cookies() -> None:
     assert verified.is_closed and unverified.is_closed
 
 
+FIRST_REQUEST = """
+import asyncio, sys
+import httpx
+from crishim.image.registry import HttpPool
+from crishim.image.registry_config import Endpoint
+
+async def main() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        writer.write(b"HTTP/1.1 204 No Content\\r\\nConnection: close\\r\\n\\r\\n")
+        await writer.drain()
+        writer.close()
+
+    pool = HttpPool()
+    if sys.argv[1] == "warm":
+        pool.warm_up()
+        await pool._warming
+    before = set(sys.modules)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        client, _ = pool.client(Endpoint(url=url, verify=True, is_mirror=False))
+        assert (await client.get(url)).status_code == 204
+    await pool.aclose()
+    print(" ".join(sorted(set(sys.modules) - before)))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_warm_up_loads_what_the_first_request_would_on_the_event_loop(warm: bool) -> None:
+    """ImageManager.start warms the pool up in a thread: the first pull must not import httpx's
+    transport (httpcore, h11, anyio's sockets) or read the trust store on the event loop (some 50 ms).
+    Without the warm-up they are imported, which shows the check can fail."""
+    done = run([sys.executable, "-c", FIRST_REQUEST, "warm" if warm else "cold"], cwd=REPO)
+    loaded = {name.split(".")[0] for name in done.stdout.split()}
+    transport = {"httpcore", "h11", "anyio", "certifi", "sniffio"}
+    if warm:
+        assert not loaded & transport, done.stdout
+    else:
+        assert {"httpcore", "h11", "anyio"} <= loaded
+
+
 async def test_pull_after_the_registry_restarted(tmp_path: Path, manager: ImageManager) -> None:
     """The connection the last pull left in the pool is dead once the registry restarted: the next pull
     still works (over a new one)."""
