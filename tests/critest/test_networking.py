@@ -66,11 +66,14 @@ def check_main_page(node: TestNode, url: str) -> None:
     assert poll(status, timeout=60, interval=0.2, what=f"{url} to answer") == "200"
 
 
-@pytest.mark.parametrize("host_port", [
+PORT_MAPPING_CASES = [
     pytest.param(0, id="runtime should support port mapping with only container port"),
     pytest.param(WEB_SERVER_HOST_PORT_FOR_PORT_MAPPING,
                  id="runtime should support port mapping with host port and container port"),
-])
+]
+
+
+@pytest.mark.parametrize("host_port", PORT_MAPPING_CASES)
 def test_runtime_should_support_port_mapping(cri: Cri, node: TestNode, host_port: int) -> None:
     """runtime should support port mapping with only container port [Conformance] (the page on the pod's
     IP) / runtime should support port mapping with host port and container port [Conformance] (the page

@@ -75,12 +75,15 @@ def test_runtime_should_support_preserving_pod_sandbox_attributes(server: Crishi
     framework.cleanup_pod(server, pod_id)
 
 
-@pytest.mark.parametrize(("sysctl", "path", "value", "prefix"), [
+SYSCTL_CASES = [
     pytest.param("kernel.shm_rmid_forced", "/proc/sys/kernel/shm_rmid_forced", "1",
                  "container-shm-rmid-forced", id="should support safe sysctls"),
     pytest.param("fs.mqueue.msg_max", "/proc/sys/fs/mqueue/msg_max", "100",
                  "container-fs-mqueue-msg-max", id="should support unsafe sysctls"),
-])
+]
+
+
+@pytest.mark.parametrize(("sysctl", "path", "value", "prefix"), SYSCTL_CASES)
 def test_should_support_sysctls(cri: Cri, sysctl: str, path: str, value: str, prefix: str) -> None:
     """should support safe sysctls / should support unsafe sysctls (the context "runtime should support
     sysctls"): the pod's sysctl is what its container reads."""
