@@ -36,7 +36,8 @@ from tests.harness import TestNode, poll, run
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "httpd", "sleep", "cat", "echo", "ip", "hostname", "id", "ping", "nc", "wget",
-           "ls", "mkdir", "rm", "touch", "test", "true", "false", "env", "ps", "kill", "grep")
+           "ls", "mkdir", "rm", "touch", "test", "true", "false", "env", "ps", "kill", "grep",
+           "top")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
 GROUP = "root:x:0:\nuser:x:1000:\n"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -321,7 +322,7 @@ def registry(test_images: TestImages) -> Registry:
 
 @pytest.fixture(scope="session")
 def busybox_image(test_images: TestImages) -> str:
-    """`127.0.0.1:PORT/busybox:1`: one layer of busybox-static with sh, httpd, sleep, cat, … and
+    """`127.0.0.1:PORT/busybox:1`: one layer of busybox-static with sh, httpd, sleep, cat, top, … and
     an /etc/passwd holding root and user 1000; pullable over plain HTTP."""
     return test_images.busybox.ref
 
