@@ -404,7 +404,9 @@ def test_reopening_container_log(critest: Critest, log_pod: PodRef) -> None:
     cid = critest.create(log_pod, config)
     critest.start(cid)
     log = Path(log_pod[1].log_directory) / config.log_path
-    poll(lambda: log.exists() and parse_log(log), timeout=60, what="the container log")
+    # The spec's Eventually parses the file at once and fails (not retries) if it cannot open it.
+    assert log.exists(), "the container log should exist when StartContainer returns"
+    poll(lambda: parse_log(log), timeout=60, what="the container log")
 
     old = log.with_name(log.name + ".new")
     log.rename(old)
