@@ -262,6 +262,31 @@ def test_removing_stopped_container(critest: Critest, pod: PodRef) -> None:
     assert critest.listed(cid) == []
 
 
+def test_preserving_container_attributes(critest: Critest, pod: PodRef) -> None:
+    """runtime should support preserving container attributes [Conformance]
+
+    A critest 1.36 spec whose source is not in the reference index; what it checks is taken from a
+    runtime that failed it (pelagos issue 357, PR 370: ContainerStatus must report the attempt, 2, and
+    the labels and annotations as created). Checked here after create and after start, in
+    ContainerStatus and in ListContainers."""
+    labels, annotations = {"foo": "bar", "io.kubernetes.container.name": "c"}, {"a": "b", "empty": ""}
+    config = critest.container_config("container-for-attributes-test-", DEFAULT_CMD, labels=labels,
+                                      annotations=annotations)
+    cid = critest.create(pod, config)
+    for step in ("created", "started"):
+        status = critest.status(cid).status
+        (listed,) = critest.rt.ListContainers(api_pb2.ListContainersRequest(
+            filter=api_pb2.ContainerFilter(id=cid))).containers
+        for seen in (status, listed):
+            assert seen.id == cid, step
+            assert seen.metadata == config.metadata, step
+            assert dict(seen.labels) == labels and dict(seen.annotations) == annotations, step
+            assert seen.image.image == critest.image and seen.image_ref, step
+        assert listed.pod_sandbox_id == pod[0], step
+        if step == "created":
+            critest.test_start(cid)
+
+
 def test_exec_sync(critest: Critest, pod: PodRef) -> None:
     """runtime should support execSync [Conformance]"""
     cid = critest.create_default(pod, "container-for-execSync-test-")
