@@ -1,5 +1,6 @@
 """critest's container specs (cri-tools pkg/validate/container.go, container_linux.go,
-multi_container_linux.go, cgroup_mount_mode_linux.go) through a real `crishim serve` in a test node.
+multi_container_linux.go, cgroup_mount_mode_linux.go and the container half of idempotence.go) through a
+real `crishim serve` in a test node.
 
 Each test sends what the spec sends, with the framework's defaults: names made of a prefix and a UUID,
 `cri-test-uid<UUID>` / `cri-test-namespace<UUID>`, attempt 2, no labels, an empty `linux` message with
@@ -349,6 +350,32 @@ def test_listing_stats_filtered_by_labels(critest: Critest, pod: PodRef) -> None
     critest.start(cid)
     assert cid in critest.stats(api_pb2.ContainerStatsFilter(label_selector={"foo": "bar"}))
     assert cid not in critest.stats(api_pb2.ContainerStatsFilter(label_selector={"foo": "baz"}))
+
+
+# --- Idempotence (idempotence.go, its container specs) -----------------------------------------------
+
+
+def test_stop_container_not_found(critest: Critest) -> None:
+    """Idempotence StopContainer should not return an error if not found"""
+    critest.rt.StopContainer(api_pb2.StopContainerRequest(container_id=new_uuid(), timeout=0))
+
+
+def test_stop_container_already_stopped(critest: Critest, pod: PodRef) -> None:
+    """Idempotence StopContainer should not return an error if already stopped
+
+    The spec stops once, then removes twice; stopping a stopped container again is asked too."""
+    cid = critest.create_pause(pod, "idempotence-container-")
+    critest.start(cid)
+    critest.test_stop(cid)
+    critest.test_stop(cid)
+    critest.remove(cid)
+    critest.remove(cid)
+    assert critest.listed(cid) == []
+
+
+def test_remove_container_not_found(critest: Critest) -> None:
+    """Idempotence RemoveContainer should not return an error if not found"""
+    critest.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=new_uuid()))
 
 
 # --- Container: runtime should support adding volume and device --------------------------------------
