@@ -11,9 +11,11 @@ the test's end stops and removes as the spec's AfterEach does (and expects both 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -376,6 +378,46 @@ def test_stop_container_already_stopped(critest: Critest, pod: PodRef) -> None:
 def test_remove_container_not_found(critest: Critest) -> None:
     """Idempotence RemoveContainer should not return an error if not found"""
     critest.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=new_uuid()))
+
+
+def test_specs_in_parallel(critest: Critest) -> None:
+    """critest --parallel=N runs specs side by side on one runtime: while some pods' containers are
+    stopped and removed, another spec's ListContainerStats(nil) and ListContainers must still answer
+    (a container going away mid-listing is left out, not an error)."""
+    def one_spec(n: int) -> None:
+        config = critest.pod_config()
+        pod_id = critest.run_pod(config)
+        ids = [critest.create_pause((pod_id, config), f"container-for-parallel-{n}-") for _ in range(2)]
+        for cid in ids:
+            critest.start(cid)
+        assert all(cid in critest.stats(None) for cid in ids)
+        assert critest.exec_ok(ids[0], ["echo", "-n", "hello"]) == "hello"
+        for cid in ids:
+            critest.remove(cid)
+        critest.rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        critest.rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    stop = threading.Event()
+    listing_errors: list[grpc.RpcError] = []
+
+    def list_all() -> None:
+        while not stop.is_set():
+            try:
+                critest.stats(None)
+                critest.rt.ListContainers(api_pb2.ListContainersRequest())
+            except grpc.RpcError as exc:
+                listing_errors.append(exc)
+
+    lister = threading.Thread(target=list_all)
+    lister.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for future in [pool.submit(one_spec, n) for n in range(4)]:
+                future.result()
+    finally:
+        stop.set()
+        lister.join()
+    assert listing_errors == []
 
 
 # --- Container: runtime should support adding volume and device --------------------------------------
