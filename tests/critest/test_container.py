@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,25 +24,21 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.critest import framework
 from tests.harness import CrishimServer, TestNode, make_test_node, poll, remove_root, run
 from tests.image_fixtures import HTTP_GET, TestImages, registry_in_node
 
 pytestmark = pytest.mark.root
 
-DEFAULT_ATTEMPT = 2
 DEFAULT_LOG = "hello World"
-PAUSE_CMD = ["sh", "-c", "top"]  # framework.DefaultPauseCommand / validate.pauseCmd
-DEFAULT_CMD = ["top"]  # framework.DefaultContainerCommand
+PAUSE_CMD = list(framework.PAUSE_COMMAND)
+DEFAULT_CMD = list(framework.CONTAINER_COMMAND)
 EXEC_TIMEOUT = 30  # defaultExecSyncTimeout
 STOP_TIMEOUT = 60  # defaultStopContainerTimeout
 PodRef = tuple[str, api_pb2.PodSandboxConfig]  # a pod's id and the config it was run with
 # CRI log line as critest's parseCRILog reads it: an RFC 3339 timestamp Go parses, stream, tag, text.
 CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d) "
                       r"(stdout|stderr) ([PF]) (.*)$")
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
 
 
 @dataclass
@@ -58,36 +53,18 @@ class Critest:
     def rt(self) -> api_pb2_grpc.RuntimeServiceStub:
         return self.server.runtime()
 
-    def cgroup_parent(self) -> str:
-        """common.GetCgroupParent: "" for the cgroupfs driver, "/test.slice" otherwise or on error."""
-        try:
-            config = self.rt.RuntimeConfig(api_pb2.RuntimeConfigRequest())
-        except grpc.RpcError:
-            return "/test.slice"
-        return "" if config.linux.cgroup_driver == api_pb2.CGROUPFS else "/test.slice"
-
     def pod_config(self, prefix: str = "create-PodSandbox-for-container-",
                    privileged: bool = False, **fields: object) -> api_pb2.PodSandboxConfig:
-        config = api_pb2.PodSandboxConfig(
-            metadata=api_pb2.PodSandboxMetadata(
-                name=prefix + new_uuid(), uid="cri-test-uid" + new_uuid(),
-                namespace="cri-test-namespace" + new_uuid(), attempt=DEFAULT_ATTEMPT),
-            **fields)  # type: ignore[arg-type]
-        config.linux.cgroup_parent = self.cgroup_parent()
-        config.linux.SetInParent()
+        config = framework.pod_config(self.server, prefix, **fields)
         if privileged:
             config.linux.security_context.privileged = True
         return config
 
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
-        return str(self.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id)
+        return framework.run_pod(self.server, config)
 
     def container_config(self, prefix: str, command: list[str], **fields: object) -> api_pb2.ContainerConfig:
-        config = api_pb2.ContainerConfig(
-            metadata=api_pb2.ContainerMetadata(name=prefix + new_uuid(), attempt=DEFAULT_ATTEMPT),
-            image=api_pb2.ImageSpec(image=self.image), command=command, **fields)  # type: ignore[arg-type]
-        config.linux.SetInParent()
-        return config
+        return framework.container_config(prefix, self.image, tuple(command), **fields)
 
     def create(self, pod: PodRef, config: api_pb2.ContainerConfig) -> str:
         """framework.CreateContainer: ImageStatus first (it pulls only what is missing), then create."""
@@ -359,7 +336,7 @@ def test_listing_stats_filtered_by_labels(critest: Critest, pod: PodRef) -> None
 
 def test_stop_container_not_found(critest: Critest) -> None:
     """Idempotence StopContainer should not return an error if not found"""
-    critest.rt.StopContainer(api_pb2.StopContainerRequest(container_id=new_uuid(), timeout=0))
+    critest.rt.StopContainer(api_pb2.StopContainerRequest(container_id=framework.new_uuid(), timeout=0))
 
 
 def test_stop_container_already_stopped(critest: Critest, pod: PodRef) -> None:
@@ -377,7 +354,7 @@ def test_stop_container_already_stopped(critest: Critest, pod: PodRef) -> None:
 
 def test_remove_container_not_found(critest: Critest) -> None:
     """Idempotence RemoveContainer should not return an error if not found"""
-    critest.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=new_uuid()))
+    critest.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=framework.new_uuid()))
 
 
 def test_specs_in_parallel(critest: Critest) -> None:
