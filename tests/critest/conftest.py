@@ -135,8 +135,10 @@ def critest_node() -> Iterator[TestNode]:
 
 @pytest.fixture(scope="module")
 def critest_server(critest_node: TestNode, critest_images: CritestImages) -> Iterator[CrishimServer]:
-    """One server for a module's specs, as critest runs all of its specs against one runtime."""
+    """One server for a module's specs, as critest runs all of its specs against one runtime. Its root
+    is walkable by all: a user-namespaced pod's root is an unprivileged host uid."""
     root = Path(tempfile.mkdtemp(prefix="crishim-critest-"))
+    root.chmod(0o711)
     server = CrishimServer(root=root, node=critest_node, extra_config={})
     server.conf_dir.mkdir(parents=True)
     server.write_network()

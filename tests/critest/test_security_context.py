@@ -455,3 +455,27 @@ def test_no_new_privs(critest: Critest, no_new_privs: bool, euid: int) -> None:
         no_new_privs=no_new_privs, run_as_user=api_pb2.Int64Value(value=1000)), name + ".log"),
         api_pb2.CONTAINER_EXITED)
     c.verify_log_contents(pod[1], name + ".log", f"Effective uid: {euid}\n", "stdout")
+
+
+# -- UserNamespaces ------------------------------------------------------------------------------------
+# The NODE-mode spec and the four refusals are tests/container/test_userns.py's
+# test_node_mode_keeps_the_host_user_namespace and test_what_cannot_be_honoured_is_invalid.
+
+def test_user_namespace_pod_mode(critest: Critest) -> None:
+    """runtime should support NamespaceMode_POD (critest's defaultMapping: 0 -> 1000, 100000 ids)"""
+    c = critest
+    status = c.server.runtime().Status(api_pb2.StatusRequest(verbose=True))
+    # The BeforeEach: the default handler ("") claims user namespaces.
+    assert any(h.name == "" and h.features.user_namespaces for h in status.runtime_handlers)
+    mapping = [api_pb2.IDMapping(container_id=0, host_id=1000, length=100000)]
+    options = api_pb2.NamespaceOption(userns_options=api_pb2.UserNamespace(
+        mode=api_pb2.POD, uids=mapping, gids=mapping))
+    pod_name = "user-namespaces-pod-" + new_uuid()
+    pod = namespace_pod(c, options, pod_name, c.log_dir(pod_name))
+    name = "user-namespaces-container-" + new_uuid()
+    config = c.container_config(name, c.images.busybox, ["cat", "/proc/self/uid_map"],
+                                SC(namespace_options=options), name + ".log")
+    config.image.user_specified_image = c.images.busybox
+    c.run(pod, config, api_pb2.CONTAINER_EXITED)
+    logged = [m.log for m in c.log_messages(pod[1], name + ".log")]
+    assert any(re.search(r"\s+0\s+1000\s+100000\n", line) for line in logged), logged
