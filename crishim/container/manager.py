@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
 from crishim.container.inroot import resolve_in_root
 from crishim.container.model import (
+    AppArmorKind,
     Container,
     ContainerSpec,
     ContainerState,
@@ -253,8 +255,11 @@ class ContainerManager:
         await self._install()
         validate_container(spec, sandbox.spec.log_directory, self._rro(handler))
         sec = spec.security
-        apparmor_profile = await asyncio.to_thread(apparmor.process_profile, sec.apparmor,
-                                                   sec.apparmor_profile, sec.privileged, self._apparmor)
+        profile = functools.partial(apparmor.process_profile, sec.apparmor, sec.apparmor_profile,
+                                    sec.privileged, self._apparmor)
+        # Only a Localhost profile reads the loaded list; the rest is decided without a thread hop.
+        apparmor_profile = (await asyncio.to_thread(profile) if sec.apparmor == AppArmorKind.LOCALHOST
+                            else profile())
         key = (sandbox.id, spec.name, spec.attempt)
         if key in self._names:
             raise AlreadyExists(f"container {spec.name!r} attempt {spec.attempt} already exists in "
