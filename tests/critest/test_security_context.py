@@ -479,3 +479,63 @@ def test_user_namespace_pod_mode(critest: Critest) -> None:
     c.run(pod, config, api_pb2.CONTAINER_EXITED)
     logged = [m.log for m in c.log_messages(pod[1], name + ".log")]
     assert any(re.search(r"\s+0\s+1000\s+100000\n", line) for line in logged), logged
+
+
+# Older critest releases send the deprecated seccomp_profile_path string instead (security_context.go).
+
+def legacy_seccomp_container(c: Critest, path: str) -> str:
+    """The old seccompTestContainer: the path on the pod's and the container's security context."""
+    config = c.pod_config("seccomp-sandbox-")
+    config.linux.security_context.seccomp_profile_path = path
+    pod = (c.run_pod(config), config)
+    return c.run(pod, c.container_config("seccomp-container-" + new_uuid(), c.images.busybox, PAUSE_CMD,
+                                         SC(seccomp_profile_path=path)))
+
+
+@pytest.mark.parametrize(("path", "mode"), [("unconfined", "0"), ("", "0"), ("docker/default", "2"),
+                                            ("runtime/default", "2")],
+                         ids=["unconfined", "default which is unconfined", "docker/default",
+                              "runtime/default"])
+def test_legacy_seccomp_profile_path(critest: Critest, path: str, mode: str) -> None:
+    """should support seccomp unconfined on the container / should support seccomp default which is
+    unconfined on the container / should support seccomp docker/default on the container (old releases)"""
+    cid = legacy_seccomp_container(critest, path)
+    verify_seccomp(critest, cid, ["grep", "ecc", "/proc/self/status"], False, mode)
+    assert seccomp_field(critest, cid) == mode
+
+
+def test_legacy_seccomp_localhost(critest: Critest, profiles: dict[str, str]) -> None:
+    """should support seccomp localhost/profile on the container (old releases)"""
+    cid = legacy_seccomp_container(critest, "localhost/" + profiles["block-chmod.json"])
+    verify_seccomp(critest, cid, ["chmod", "400", "/"], True, "Operation not permitted")
+
+
+def test_legacy_seccomp_path_without_localhost_prefix_fails(critest: Critest,
+                                                            profiles: dict[str, str]) -> None:
+    """runtime should not support a custom seccomp profile without using localhost/ as a prefix"""
+    c = critest
+    error = c.create_error(c.pod_for_container(), c.container_config(
+        "container-with-block-hostname-seccomp-profile-test-" + new_uuid(), c.images.busybox,
+        ["sleep", "60"], SC(seccomp_profile_path=profiles["block-host-name.json"])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "seccomp_profile_path" in str(error.details())
+
+
+@pytest.mark.parametrize(("caps", "settable"), [(["SYS_ADMIN"], True), ([], False)],
+                         ids=["with SYS_ADMIN", "no extra caps"])
+@pytest.mark.parametrize("legacy", [True, False], ids=["docker/default", "RuntimeDefault"])
+def test_default_seccomp_and_sethostname(critest: Critest, caps: list[str], settable: bool,
+                                         legacy: bool) -> None:
+    """runtime should support setting hostname with docker/default seccomp profile and SYS_ADMIN /
+    runtime should block sethostname with docker/default seccomp profile and no extra caps"""
+    c = critest
+    security = SC(capabilities=api_pb2.Capability(add_capabilities=caps))
+    if legacy:
+        security.seccomp_profile_path = "docker/default"
+    else:
+        security.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    cid = c.run(c.pod_for_container(), c.container_config(
+        "container-with-dockerdefault-seccomp-profile-test-" + new_uuid(), c.images.busybox, ["sleep", "60"],
+        security))
+    assert seccomp_field(c, cid) == "2"
+    assert can_set_hostname(c, cid) == settable
