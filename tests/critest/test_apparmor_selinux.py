@@ -20,7 +20,17 @@ from crishim.container.model import AppArmorKind, ContainerSpec, SecurityContext
 from crishim.container.ocispec import exec_process
 from crishim.errors import FailedPrecondition, InvalidArgument
 from tests.container.test_ocispec import build
-from tests.critest.conftest import PAUSE_CMD, Critest, new_uuid
+from tests.critest.secframework import (
+    PAUSE_CMD,
+    Critest,
+    critest,
+    critest_images,
+    critest_node,
+    critest_server,
+    new_uuid,
+)
+
+__all__ = ["critest", "critest_images", "critest_node", "critest_server"]  # the fixtures used below
 
 PREFIX = "localhost/"
 DENY_WRITE, AUDIT_WRITE = "cri-validate-apparmor-test-deny-write", "cri-validate-apparmor-test-audit-write"

@@ -18,8 +18,18 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.critest.conftest import PAUSE_CMD, Critest, new_uuid
+from tests.critest.secframework import (
+    PAUSE_CMD,
+    Critest,
+    critest,
+    critest_images,
+    critest_node,
+    critest_server,
+    new_uuid,
+)
 from tests.harness import TestNode, run
+
+__all__ = ["critest", "critest_images", "critest_node", "critest_server"]  # the fixtures used below
 
 pytestmark = pytest.mark.root
 

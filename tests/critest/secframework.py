@@ -1,4 +1,4 @@
-"""What critest's framework gives its specs (pkg/framework, pkg/validate helpers), over a real server.
+"""critest's framework (pkg/framework, pkg/validate helpers) over a real server, for the security specs;
 
 The images stand in for critest's public ones, built here with umoci from busybox-static and imported
 before the server starts: `busybox` (every applet as a hard link, like busybox:1.28, and a passwd with
