@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.harness import REPO, CrishimServer, TestNode, make_test_node, poll, remove_root, run
+from tests.harness import CrishimServer, TestNode, make_test_node, poll, run, walkable_server
 from tests.image_fixtures import BUSYBOX, PATH_ENV, layout_image
 
 # framework.DefaultUIDPrefix, DefaultNamespacePrefix, DefaultAttempt; validate's pauseCmd.
@@ -135,23 +134,9 @@ def critest_node() -> Iterator[TestNode]:
 
 @pytest.fixture(scope="module")
 def critest_server(critest_node: TestNode, critest_images: CritestImages) -> Iterator[CrishimServer]:
-    """One server for a module's specs, as critest runs all of its specs against one runtime. Its root
-    is walkable by all: a user-namespaced pod's root is an unprivileged host uid."""
-    root = Path(tempfile.mkdtemp(prefix="crishim-critest-"))
-    root.chmod(0o711)
-    server = CrishimServer(root=root, node=critest_node, extra_config={})
-    server.conf_dir.mkdir(parents=True)
-    server.write_network()
-    try:
-        server.write_config()
-        run([sys.executable, "-m", "crishim", "--config", str(server.config_path), "images", "import",
-             str(critest_images.layout)], cwd=REPO)
-        server.start()
+    """One server for a module's specs, as critest runs all of its specs against one runtime."""
+    with walkable_server(critest_node, "crishim-critest-", critest_images.layout) as server:
         yield server
-    finally:
-        server.remove_all_pods()
-        server.stop()
-        remove_root(root)
 
 
 def new_uuid() -> str:
