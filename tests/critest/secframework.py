@@ -143,6 +143,9 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+Pod = tuple[str, api_pb2.PodSandboxConfig]  # as critest's helpers return them: id and config
+
+
 @dataclass
 class LogMessage:
     stream: str
@@ -160,13 +163,14 @@ class Critest:
     pods: list[str] = field(default_factory=list)
 
     # -- pods --------------------------------------------------------------------------------------
-    def pod_config(self, name_prefix: str, log_directory: str = "", name: str = "",
-                   **linux: object) -> api_pb2.PodSandboxConfig:
+    def pod_config(self, name_prefix: str, log_directory: str = "",
+                   name: str = "") -> api_pb2.PodSandboxConfig:
+        """framework.BuildPodSandboxMetadata's fields with UUID suffixes, attempt 2, an empty Linux config."""
         return api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=name or name_prefix + new_uuid(),
                                                 uid=UID_PREFIX + new_uuid(),
                                                 namespace=NAMESPACE_PREFIX + new_uuid(), attempt=ATTEMPT),
-            log_directory=log_directory, linux=api_pb2.LinuxPodSandboxConfig(**linux))  # type: ignore[arg-type]
+            log_directory=log_directory, linux=api_pb2.LinuxPodSandboxConfig())
 
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
         pod_id = str(self.server.runtime().RunPodSandbox(
@@ -174,9 +178,15 @@ class Critest:
         self.pods.append(pod_id)
         return pod_id
 
-    def pod_for_container(self) -> tuple[str, api_pb2.PodSandboxConfig]:
+    def pod_for_container(self) -> Pod:
         """framework.CreatePodSandboxForContainer."""
         config = self.pod_config("create-PodSandbox-for-container-")
+        return self.run_pod(config), config
+
+    def privileged_pod(self, privileged: bool) -> Pod:
+        """createPrivilegedPodSandbox."""
+        config = self.pod_config("create-Privileged-PodSandbox-for-container-")
+        config.linux.security_context.privileged = privileged
         return self.run_pod(config), config
 
     def log_dir(self, pod_name: str) -> str:
@@ -185,7 +195,7 @@ class Critest:
         path.mkdir(mode=0o777)
         return str(path)
 
-    def pod_with_log_directory(self) -> tuple[str, api_pb2.PodSandboxConfig]:
+    def pod_with_log_directory(self) -> Pod:
         """createPodSandboxWithLogDirectory."""
         name = "PodSandbox-with-log-directory-" + new_uuid()
         config = self.pod_config("", log_directory=self.log_dir(name), name=name)
@@ -206,11 +216,11 @@ class Critest:
             image=api_pb2.ImageSpec(image=image), command=command or [], log_path=log_path,
             linux=api_pb2.LinuxContainerConfig(security_context=security))
 
-    def create(self, pod: tuple[str, api_pb2.PodSandboxConfig], config: api_pb2.ContainerConfig) -> str:
+    def create(self, pod: Pod, config: api_pb2.ContainerConfig) -> str:
         return str(self.server.runtime().CreateContainer(api_pb2.CreateContainerRequest(
             pod_sandbox_id=pod[0], config=config, sandbox_config=pod[1])).container_id)
 
-    def create_error(self, pod: tuple[str, api_pb2.PodSandboxConfig],
+    def create_error(self, pod: Pod,
                      config: api_pb2.ContainerConfig) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as caught:
             self.create(pod, config)
@@ -226,7 +236,7 @@ class Critest:
         poll(lambda: self.status(container_id).state == state, timeout=60,
              what=f"container state {api_pb2.ContainerState.Name(state)}")
 
-    def run(self, pod: tuple[str, api_pb2.PodSandboxConfig], config: api_pb2.ContainerConfig,
+    def run(self, pod: Pod, config: api_pb2.ContainerConfig,
             state: int = api_pb2.CONTAINER_RUNNING) -> str:
         cid = self.create(pod, config)
         self.start(cid, state)

@@ -45,8 +45,8 @@ def test_this_node_has_neither_lsm() -> None:
     assert "selinuxfs" not in Path("/proc/self/mounts").read_text()
 
 
-def create_with_apparmor(c: Critest, pod: tuple[str, api_pb2.PodSandboxConfig],
-                         security: api_pb2.LinuxContainerSecurityContext) -> api_pb2.ContainerConfig:
+def apparmor_container(c: Critest,
+                       security: api_pb2.LinuxContainerSecurityContext) -> api_pb2.ContainerConfig:
     """createContainerWithAppArmor's request: `touch /tmp/foo` under the profile."""
     return c.container_config("apparmor-test-" + new_uuid(), c.images.busybox, ["touch", "/tmp/foo"],
                               security)
@@ -83,7 +83,7 @@ def test_apparmor_profiles_are_refused_without_apparmor(critest: Critest, reques
     pod = c.pod_for_container()
     security = request_of(profile)  # type: ignore[operator]
     with pytest.raises(grpc.RpcError) as caught:
-        c.create(pod, create_with_apparmor(c, pod, security))
+        c.create(pod, apparmor_container(c, security))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "security_context.apparmor: apparmor is not supported" in str(caught.value.details())
     assert not c.server.runtime().ListContainers(api_pb2.ListContainersRequest()).containers
@@ -98,7 +98,7 @@ def test_unconfined_or_no_apparmor_runs(critest: Critest) -> None:
                      api_pb2.LinuxContainerSecurityContext(apparmor_profile="unconfined"),
                      api_pb2.LinuxContainerSecurityContext(apparmor=api_pb2.SecurityProfile(
                          profile_type=api_pb2.SecurityProfile.Unconfined))):
-        cid = c.run(pod, create_with_apparmor(c, pod, security), api_pb2.CONTAINER_EXITED)
+        cid = c.run(pod, apparmor_container(c, security), api_pb2.CONTAINER_EXITED)
         assert c.status(cid).exit_code == 0
 
 
@@ -122,7 +122,7 @@ def test_malformed_profiles_are_invalid(critest: Critest, security: api_pb2.Linu
     c = critest
     pod = c.pod_for_container()
     with pytest.raises(grpc.RpcError) as caught:
-        c.create(pod, create_with_apparmor(c, pod, security))
+        c.create(pod, apparmor_container(c, security))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert complaint in str(caught.value.details())
 
@@ -189,9 +189,7 @@ def test_selinux_options_are_ignored_without_selinux(critest: Critest, privilege
     with wrong options (critest runs them only with SELinux on; without it containerd, whose labelling
     does nothing when SELinux is disabled, accepts every one, the malformed level too)"""
     c = critest
-    config = c.pod_config("create-Privileged-PodSandbox-for-container-")
-    config.linux.security_context.privileged = privileged
-    pod = (c.run_pod(config), config)
+    pod = c.privileged_pod(privileged)
     for options in (api_pb2.SELinuxOption(level="s0"),
                     api_pb2.SELinuxOption(user="system_u", role="system_r", type="svirt_lxc_net_t",
                                           level="s0:c4,c5"),

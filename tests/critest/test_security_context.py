@@ -21,6 +21,7 @@ from crishim.api.runtime.v1 import api_pb2
 from tests.critest.secframework import (
     PAUSE_CMD,
     Critest,
+    Pod,
     critest,
     critest_images,
     critest_node,
@@ -33,7 +34,6 @@ __all__ = ["critest", "critest_images", "critest_node", "critest_server"]  # the
 
 pytestmark = pytest.mark.root
 
-Pod = tuple[str, api_pb2.PodSandboxConfig]
 SC = api_pb2.LinuxContainerSecurityContext
 
 
@@ -227,13 +227,6 @@ def test_readonly_rootfs(critest: Critest, readonly: bool) -> None:
         c.verify_log_contents(pod[1], name + ".log", "Found\n", "stdout")
 
 
-def privileged_pod(c: Critest, privileged: bool) -> Pod:
-    """createPrivilegedPodSandbox."""
-    config = c.pod_config("create-Privileged-PodSandbox-for-container-")
-    config.linux.security_context.privileged = privileged
-    return c.run_pod(config), config
-
-
 def can_manage_network(c: Critest, cid: str) -> bool:
     """checkNetworkManagement."""
     return c.exec_sync(cid, ["brctl", "addbr", "foobar"]).exit_code == 0
@@ -243,7 +236,7 @@ def can_manage_network(c: Critest, cid: str) -> bool:
 def test_privileged(critest: Critest, privileged: bool) -> None:
     """runtime should support Privileged is true / runtime should support Privileged is false"""
     c = critest
-    pod = privileged_pod(c, privileged)
+    pod = c.privileged_pod(privileged)
     prefix = "container-with-isPrivileged-test-" if privileged else "container-with-notPrivileged-test-"
     cid = c.run(pod, c.container_config(prefix + new_uuid(), c.images.busybox, PAUSE_CMD,
                                         SC(privileged=privileged)))
@@ -447,7 +440,7 @@ def test_seccomp_profile_blocks_hostname_with_sys_admin(critest: Critest, profil
 def test_seccomp_ignored_when_privileged(critest: Critest, profiles: dict[str, str]) -> None:
     """runtime should ignore a seccomp profile that blocks setting hostname when privileged"""
     c = critest
-    cid = seccomp_container(c, privileged_pod(c, True), api_pb2.SecurityProfile(
+    cid = seccomp_container(c, c.privileged_pod(True), api_pb2.SecurityProfile(
         profile_type=api_pb2.SecurityProfile.Localhost, localhost_ref=profiles["block-host-name.json"]),
         [], True)
     assert can_set_hostname(c, cid)
