@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
+from crishim.container.userns import idmap_unsupported
 from tests.critest.secframework import (
     PAUSE_CMD,
     Critest,
@@ -468,8 +469,11 @@ def test_user_namespace_pod_mode(critest: Critest) -> None:
     """runtime should support NamespaceMode_POD (critest's defaultMapping: 0 -> 1000, 100000 ids)"""
     c = critest
     status = c.server.runtime().Status(api_pb2.StatusRequest(verbose=True))
-    # The BeforeEach: the default handler ("") claims user namespaces.
+    # The BeforeEach: the default handler ("") claims user namespaces, and the "Host idmap mount support
+    # is needed" check passes: rootfsPath reads info["config"]'s stateDir (crishim has none: /var/lib).
     assert any(h.name == "" and h.features.user_namespaces for h in status.runtime_handlers)
+    state_dir = json.loads(status.info["config"]).get("stateDir")
+    assert state_dir is None and idmap_unsupported("/var/lib") == ""
     mapping = [api_pb2.IDMapping(container_id=0, host_id=1000, length=100000)]
     options = api_pb2.NamespaceOption(userns_options=api_pb2.UserNamespace(
         mode=api_pb2.POD, uids=mapping, gids=mapping))
