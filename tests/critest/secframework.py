@@ -13,7 +13,6 @@ import json
 import shutil
 import struct
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,11 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
+from tests.critest.framework import ATTEMPT, PAUSE_COMMAND, new_uuid, pod_metadata
 from tests.harness import CrishimServer, TestNode, make_test_node, poll, run, walkable_server
 from tests.image_fixtures import BUSYBOX, PATH_ENV, layout_image
 
-# framework.DefaultUIDPrefix, DefaultNamespacePrefix, DefaultAttempt; validate's pauseCmd.
-UID_PREFIX, NAMESPACE_PREFIX, ATTEMPT = "cri-test-uid", "cri-test-namespace", 2
-PAUSE_CMD = ["sh", "-c", "top"]
+PAUSE_CMD = list(PAUSE_COMMAND)
 EXEC_TIMEOUT = 30
 
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
@@ -139,10 +137,6 @@ def critest_server(critest_node: TestNode, critest_images: CritestImages) -> Ite
         yield server
 
 
-def new_uuid() -> str:
-    return str(uuid.uuid4())
-
-
 Pod = tuple[str, api_pb2.PodSandboxConfig]  # as critest's helpers return them: id and config
 
 
@@ -167,9 +161,7 @@ class Critest:
                    name: str = "") -> api_pb2.PodSandboxConfig:
         """framework.BuildPodSandboxMetadata's fields with UUID suffixes, attempt 2, an empty Linux config."""
         return api_pb2.PodSandboxConfig(
-            metadata=api_pb2.PodSandboxMetadata(name=name or name_prefix + new_uuid(),
-                                                uid=UID_PREFIX + new_uuid(),
-                                                namespace=NAMESPACE_PREFIX + new_uuid(), attempt=ATTEMPT),
+            metadata=pod_metadata(name or name_prefix + new_uuid()),
             log_directory=log_directory, linux=api_pb2.LinuxPodSandboxConfig())
 
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
