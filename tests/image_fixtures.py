@@ -36,7 +36,8 @@ from tests.harness import TestNode, poll, run
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "httpd", "sleep", "cat", "echo", "ip", "hostname", "id", "ping", "nc", "wget",
-           "ls", "mkdir", "rm", "touch", "test", "true", "false", "env", "ps", "kill", "grep")
+           "ls", "mkdir", "rm", "touch", "test", "true", "false", "env", "ps", "kill", "grep",
+           "top", "seq", "sync")  # critest's default container command, and its metrics workload
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
 GROUP = "root:x:0:\nuser:x:1000:\n"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

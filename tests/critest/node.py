@@ -1,0 +1,111 @@
+"""What critest's framework (cri-tools pkg/framework) sends, and one real `crishim serve` in a test node
+per module to send it to.
+
+critest's defaults: metadata names carry a UUID suffix, namespaces and uids a `cri-test-*` prefix,
+attempt 2, an empty `linux` section; pod labels are empty. Its client runs on the node, so the
+streaming clients here run inside the node's network namespace too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.harness import REPO, CrishimServer, TestNode, make_test_node, remove_root, run
+from tests.image_fixtures import TestImages, registry_in_node
+from tests.sandbox.podutil import stop_and_remove
+
+DEFAULT_ATTEMPT = 2
+
+
+@dataclass
+class CritestNode:
+    node: TestNode
+    server: CrishimServer
+
+    @property
+    def rc(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return self.server.runtime()
+
+    @property
+    def ic(self) -> api_pb2_grpc.ImageServiceStub:
+        return self.server.images()
+
+    def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
+        return str(self.rc.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config),
+                                         timeout=60).pod_sandbox_id)
+
+    def create_container(self, pod_id: str, pod: api_pb2.PodSandboxConfig,
+                         config: api_pb2.ContainerConfig) -> str:
+        """framework.CreateContainer: pull the image first if the runtime does not have it."""
+        image = config.image.image
+        status = self.ic.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image)))
+        if not status.HasField("image"):
+            self.ic.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image),
+                                                       sandbox_config=pod), timeout=60)
+        return str(self.rc.CreateContainer(api_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=60).container_id)
+
+    def start(self, container_id: str) -> None:
+        self.rc.StartContainer(api_pb2.StartContainerRequest(container_id=container_id), timeout=60)
+
+    def stop_and_remove_pod(self, pod_id: str) -> None:
+        stop_and_remove(self.server, pod_id)
+
+    def python(self, script: str, *args: str, timeout: float = 60) -> str:
+        """Run a Python script inside the node (where the streaming server and pod IPs are reachable)."""
+        result = run([*self.node.prefix(), sys.executable, "-c", script, *args], check=False, cwd=REPO,
+                     timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def critest_node(tmp_path_factory: pytest.TempPathFactory,
+                 test_images: TestImages) -> Iterator[CritestNode]:
+    """A node with the test registry on its loopback and one server, shared by a module's specs; each
+    spec removes its pods as critest's AfterEach does."""
+    work = tmp_path_factory.mktemp("critest-node")
+    with make_test_node() as node, registry_in_node(node, test_images.registry, work):
+        server = CrishimServer(root=work / "crishim", node=node)
+        server.root.mkdir(parents=True)
+        server.conf_dir.mkdir()
+        server.write_network()
+        try:
+            yield CritestNode(node, server.start())
+        finally:
+            server.remove_all_pods()
+            server.stop()
+            remove_root(server.root)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def pod_sandbox_config(prefix: str, **fields: object) -> api_pb2.PodSandboxConfig:
+    """framework.CreatePodSandboxForContainer's config (and its siblings', with `fields` added)."""
+    return api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=prefix + new_uuid(), uid="cri-test-uid" + new_uuid(),
+                                            namespace="cri-test-namespace" + new_uuid(),
+                                            attempt=DEFAULT_ATTEMPT),
+        linux=api_pb2.LinuxPodSandboxConfig(), **fields)  # type: ignore[arg-type]
+
+
+def container_config(prefix: str, image: str, command: list[str] | None = None,
+                     **fields: object) -> api_pb2.ContainerConfig:
+    """framework.CreateDefaultContainer's config shape: UUID-suffixed name, attempt 2, empty linux."""
+    return api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name=prefix + new_uuid(), attempt=DEFAULT_ATTEMPT),
+        image=api_pb2.ImageSpec(image=image), command=command or [],
+        linux=api_pb2.LinuxContainerConfig(), **fields)  # type: ignore[arg-type]
+
+
+def loads(output: str) -> dict[str, object]:
+    return dict(json.loads(output))

@@ -1,0 +1,279 @@
+"""critest's image specs (cri-tools pkg/validate/image.go, image_consistency.go) against a real
+`crishim serve`, with critest's test images rebuilt on the session registry.
+
+critest pulls `gcr.io/k8s-staging-cri-tools/test-image-*`; here each is a one-layer busybox image
+under the same repository name, distinct by a label so that different names are different images
+where critest's are. Pulls carry critest's `testImagePodSandbox`: a sandbox config that is present
+but empty apart from (empty) labels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.harness import CrishimServer, remove_root
+from tests.image_fixtures import TestImages
+
+pytestmark = pytest.mark.root
+
+
+@dataclass
+class CritestImages:
+    """critest's image constants (consts.go), as pushed to the session registry."""
+
+    with_tag: str
+    without_tag: str  # pushed as :latest
+    with_digest: str
+    all_references: str
+    users: list[tuple[str, str, int, str]]  # (description, ref, uid, username)
+    different_tags_different_images: list[str]
+    different_tags_same_image: list[str]
+
+
+@pytest.fixture(scope="session")
+def critest_images(test_images: TestImages) -> CritestImages:
+    registry, base = test_images.registry, test_images.base_layer
+    host = registry.host
+
+    def push(repo: str, tags: list[str], **config: object) -> str:
+        labels = {"critest": f"{repo}:{','.join(tags)}"}
+        image = registry.push_image(repo, tags, [base], {"Labels": labels, **config})
+        return image.ref or f"{host}/{repo}@{image.manifest_digest}"
+
+    users = [("UID only", "test-image-user-uid", "1002", 1002, ""),
+             ("Username only", "test-image-user-username", "www-data", 0, "www-data"),
+             ("UID:group", "test-image-user-uid-group", "1003:users", 1003, ""),
+             ("Username:group", "test-image-user-username-group", "www-data:users", 0, "www-data")]
+    push("test-image-tags", ["1", "2", "3"])
+    return CritestImages(
+        with_tag=push("test-image-tag", ["test"]),
+        without_tag=push("test-image-latest", ["latest"]).removesuffix(":latest"),
+        with_digest=push("test-image-digest", []),
+        all_references=push("test-image-tag", ["all"]),
+        users=[(desc, push(repo, ["latest"], User=user), uid, name) for desc, repo, user, uid, name in users],
+        different_tags_different_images=[push(f"test-image-{i}", ["latest"]) for i in (1, 2, 3)],
+        different_tags_same_image=[f"{host}/test-image-tags:{i}" for i in (1, 2, 3)],
+    )
+
+
+@pytest.fixture(scope="module")
+def images_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrishimServer]:
+    """One server for the module, on the machine's network (the registry is on its loopback); each
+    test leaves no image behind, as critest's specs remove what they pulled."""
+    server = CrishimServer(root=tmp_path_factory.mktemp("critest-images") / "crishim", node=None)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        remove_root(server.root)
+
+
+@pytest.fixture
+def ic(images_server: CrishimServer) -> Iterator[api_pb2_grpc.ImageServiceStub]:
+    stub = images_server.images()
+    yield stub
+    left = stub.ListImages(api_pb2.ListImagesRequest()).images
+    for image in left:
+        stub.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image.id)))
+    assert not left, f"the test left images behind: {[list(i.repo_tags) for i in left]}"
+
+
+def pull(ic: api_pb2_grpc.ImageServiceStub, name: str) -> str:
+    """framework.PullPublicImage: a tagless name gets `:latest`; the sandbox config is critest's
+    testImagePodSandbox, present and empty."""
+    if ":" not in name.rsplit("/", 1)[-1] and "@" not in name:
+        name += ":latest"
+    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=name))
+    request.sandbox_config.SetInParent()
+    return str(ic.PullImage(request, timeout=60).image_ref)
+
+
+def image_status(ic: api_pb2_grpc.ImageServiceStub, name: str) -> api_pb2.Image | None:
+    """framework.ImageStatus: nil when the runtime knows no such image."""
+    response = ic.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=name)))
+    return response.image if response.HasField("image") else None
+
+
+def remove_image(ic: api_pb2_grpc.ImageServiceStub, name: str) -> None:
+    """critest's removeImage: look the name up, then remove by the id."""
+    status = image_status(ic, name)
+    if status is not None:
+        ic.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=status.id)))
+
+
+def pull_public_image_and_remove(ic: api_pb2_grpc.ImageServiceStub, name: str) -> api_pb2.Image:
+    """critest's testPullPublicImage (its status check is the caller's); returns the status seen."""
+    remove_image(ic, name)
+    image_ref = pull(ic, name)
+    status = image_status(ic, name)  # as given: a tagless name means :latest
+    assert status is not None, "Should have one image in list"
+    assert status.id == image_ref and status.size > 0
+    remove_image(ic, status.id)
+    assert image_status(ic, name) is None, "Should have none image in list"
+    return status
+
+
+def test_public_image_with_tag_should_be_pulled_and_removed(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """public image with tag should be pulled and removed [Conformance]"""
+    status = pull_public_image_and_remove(ic, critest_images.with_tag)
+    assert list(status.repo_tags) == [critest_images.with_tag]
+
+
+def test_public_image_should_timeout_if_requested(ic: api_pb2_grpc.ImageServiceStub,
+                                                  critest_images: CritestImages) -> None:
+    """public image should timeout if requested [Conformance]
+
+    The 1 ms deadline expires on the client, so the code is gRPC's own; what is crishim's is that the
+    abandoned call harms nothing: the same pull then succeeds."""
+    with pytest.raises(grpc.RpcError) as caught:
+        ic.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=critest_images.with_tag)),
+                     timeout=0.001)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    pull(ic, critest_images.with_tag)
+    remove_image(ic, critest_images.with_tag)
+
+
+def test_public_image_without_tag_should_be_pulled_and_removed(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """public image without tag should be pulled and removed [Conformance]"""
+    status = pull_public_image_and_remove(ic, critest_images.without_tag)
+    assert list(status.repo_tags) == [critest_images.without_tag + ":latest"]
+
+
+def test_public_image_with_digest_should_be_pulled_and_removed(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """public image with digest should be pulled and removed [Conformance]"""
+    status = pull_public_image_and_remove(ic, critest_images.with_digest)
+    assert list(status.repo_tags) == []
+    assert list(status.repo_digests) == [critest_images.with_digest]
+
+
+def test_image_status_should_support_all_kinds_of_references(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """image status should support all kinds of references [Conformance]"""
+    name = critest_images.all_references
+    remove_image(ic, name)
+    pull(ic, name)
+    status = image_status(ic, name)
+    assert status is not None, "should get image status"
+    assert image_status(ic, status.id) == status
+    assert list(status.repo_tags) == [name] and len(status.repo_digests) == 1
+    for ref in [*status.repo_tags, *status.repo_digests]:
+        assert image_status(ic, ref) == status, f"image status with {ref!r}"
+    remove_image(ic, name)
+    assert image_status(ic, name) is None
+
+
+def test_image_status_get_image_fields_should_not_have_uid_username_empty(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """image status get image fields should not have Uid|Username empty [Conformance]"""
+    for description, ref, uid, username in critest_images.users:
+        pull(ic, ref)
+        status = image_status(ic, ref)
+        assert status is not None
+        assert status.uid.value == uid, f"{description}, Image Uid should be {uid}"
+        assert status.HasField("uid") == (uid != 0), description
+        assert status.username == username, f"{description}, Image Username should be {username}"
+    for _, ref, _, _ in critest_images.users:
+        remove_image(ic, ref)
+
+
+def test_list_image_should_get_exactly_3_image_in_the_result_list(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """listImage should get exactly 3 image in the result list [Conformance]"""
+    names = critest_images.different_tags_different_images
+    ids = [pull(ic, name) for name in names]
+    assert len(set(ids)) == 3, "3 image ids should be returned"
+    by_id = {image.id: image for image in ic.ListImages(api_pb2.ListImagesRequest(
+        filter=api_pb2.ImageFilter())).images}
+    for image_id, name in zip(ids, names, strict=True):
+        assert list(by_id[image_id].repo_tags) == [name], "Repo tag should be correct"
+    for name in names:
+        remove_image(ic, name)
+
+
+def test_list_image_should_get_exactly_3_repo_tags_in_the_result_image(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """listImage should get exactly 3 repoTags in the result image [Conformance]"""
+    names = critest_images.different_tags_same_image
+    ids = {pull(ic, name) for name in names}
+    assert len(ids) == 1, "Only 1 image id should be returned"
+    (image,) = [i for i in ic.ListImages(api_pb2.ListImagesRequest()).images if i.id in ids]
+    assert sorted(image.repo_tags) == sorted(names), "Should have 3 repoTags in single image"
+    for name in names:
+        remove_image(ic, name)
+
+
+def tagged_in_list(ic: api_pb2_grpc.ImageServiceStub, name: str) -> bool:
+    return any(name in image.repo_tags for image in ic.ListImages(api_pb2.ListImagesRequest()).images)
+
+
+def test_should_not_list_or_get_image_status_immediately_after_removal(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """should not list or get image status immediately after removal [Conformance]"""
+    name = critest_images.with_tag
+    remove_image(ic, name)
+    pull(ic, name)
+    remove_image(ic, name)
+    assert not tagged_in_list(ic, name), f"Image {name!r} should not be listed after removal"
+    assert image_status(ic, name) is None, f"Image status for {name!r} should be nil after removal"
+
+
+def test_should_list_and_get_image_status_immediately_after_pulling(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """should list and get image status immediately after pulling [Conformance]"""
+    name = critest_images.with_tag
+    remove_image(ic, name)
+    pull(ic, name)
+    assert tagged_in_list(ic, name), f"Image {name!r} should be listed after pulling"
+    assert image_status(ic, name) is not None, f"Image status for {name!r} should be available"
+    remove_image(ic, name)
+
+
+def test_should_not_fail_on_simultaneous_remove_image_calls(
+        images_server: CrishimServer, ic: api_pb2_grpc.ImageServiceStub,
+        critest_images: CritestImages) -> None:
+    """should not fail on simultaneous RemoveImage calls [Conformance]
+
+    Five goroutines each RemoveImage by id then ImageStatus by id: every removal succeeds and every
+    status that follows one is nil. Each thread has its own channel, as goroutines sharing one Go
+    client still get concurrent streams."""
+    name = critest_images.with_tag
+    remove_image(ic, name)
+    pull(ic, name)
+    status = image_status(ic, name)
+    assert status is not None
+    image_id = status.id
+    barrier = threading.Barrier(5)
+    results: list[tuple[BaseException | None, bool]] = []
+
+    def remove() -> None:
+        with grpc.insecure_channel(f"unix:{images_server.socket}") as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            spec = api_pb2.ImageSpec(image=image_id)
+            barrier.wait(10)
+            error: BaseException | None = None
+            try:
+                stub.RemoveImage(api_pb2.RemoveImageRequest(image=spec), timeout=30)
+            except grpc.RpcError as caught:
+                error = caught
+            found = stub.ImageStatus(api_pb2.ImageStatusRequest(image=spec), timeout=30).HasField("image")
+            results.append((error, found))
+
+    threads = [threading.Thread(target=remove) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 5
+    for error, found in results:
+        assert error is None, "Concurrent RemoveImage calls should not return an error"
+        assert not found, "Image should be missing immediately after RemoveImage call returns"
+    assert image_status(ic, image_id) is None
