@@ -17,8 +17,11 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.critest.node import CritestNode, container_config, critest_node, pod_sandbox_config
 from tests.harness import CrishimServer, remove_root
 from tests.image_fixtures import TestImages
+
+__all__ = ["critest_node"]  # the module-scoped fixture, imported for pytest
 
 pytestmark = pytest.mark.root
 
@@ -277,3 +280,68 @@ def test_should_not_fail_on_simultaneous_remove_image_calls(
         assert error is None, "Concurrent RemoveImage calls should not return an error"
         assert not found, "Image should be missing immediately after RemoveImage call returns"
     assert image_status(ic, image_id) is None
+
+
+def run_container_of(critest: CritestNode, image_ref: str, name: str) -> tuple[str, str]:
+    """A pod and a started container of the pulled image, named as critest names it (the image by its
+    id, the name the user gave alongside); returns (pod id, container id)."""
+    pod = pod_sandbox_config("create-PodSandbox-for-container-")
+    pod_id = critest.run_pod(pod)
+    config = container_config("id-consistency-", image_ref)
+    config.image.user_specified_image = name
+    container_id = critest.create_container(pod_id, pod, config)
+    critest.start(container_id)
+    return pod_id, container_id
+
+
+def remove_container_and_pod(critest: CritestNode, pod_id: str, container_id: str) -> None:
+    """critest's deferred cleanup, in its order: the (maybe still running) container, then the pod."""
+    critest.rc.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container_id), timeout=60)
+    critest.stop_and_remove_pod(pod_id)
+
+
+def test_should_return_the_same_image_identifier_across_all_apis(
+        critest_node: CritestNode, critest_images: CritestImages) -> None:
+    """should return the same image identifier across all APIs [Conformance]
+
+    PullImageResponse.image_ref == Image.id == ContainerStatus.image_id == Container.image_id."""
+    ic, name = critest_node.ic, critest_images.with_tag
+    image_ref = pull(ic, name)
+    assert image_ref, "PullImageResponse.image_ref should not be empty"
+    status = image_status(ic, name)
+    assert status is not None and status.id == image_ref, "Image.id MUST match PullImageResponse.image_ref"
+    pod_id, container_id = run_container_of(critest_node, image_ref, name)
+    container_status = critest_node.rc.ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=container_id)).status
+    (listed,) = critest_node.rc.ListContainers(api_pb2.ListContainersRequest(
+        filter=api_pb2.ContainerFilter(id=container_id))).containers
+    assert container_status.image_id == image_ref, "ContainerStatus.image_id MUST match"
+    assert listed.image_id == image_ref, "Container.image_id MUST match"
+    assert container_status.image_ref == image_ref  # the legacy field, as containerd fills it
+    remove_container_and_pod(critest_node, pod_id, container_id)
+    remove_image(ic, name)
+
+
+def test_should_return_the_same_image_identifier_when_pulled_from_different_registries(
+        critest_node: CritestNode, critest_images: CritestImages) -> None:
+    """should return the same image identifier when pulled from different registries [Conformance]
+
+    The one registry under two names (`127.0.0.1:PORT` and `localhost:PORT`) is two registries to the
+    runtime: two names, one image, one id."""
+    ic = critest_node.ic
+    name1 = critest_images.with_tag
+    name2 = name1.replace("127.0.0.1:", "localhost:", 1)
+    ref1, ref2 = pull(ic, name1), pull(ic, name2)
+    assert ref1 and ref1 == ref2, "Image IDs MUST be the same even if pulled from different registries"
+    status1, status2 = image_status(ic, name1), image_status(ic, name2)
+    assert status1 is not None and status1.id == ref1
+    assert status2 is not None and status2.id == ref1
+    assert sorted(status1.repo_tags) == sorted([name1, name2])
+    pod_id, container_id = run_container_of(critest_node, ref2, name2)
+    container_status = critest_node.rc.ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=container_id)).status
+    assert container_status.image_id == ref1, "ContainerStatus.image_id MUST match the first pull's id"
+    remove_container_and_pod(critest_node, pod_id, container_id)
+    remove_image(ic, name1)
+    remove_image(ic, name2)
+    assert image_status(ic, name2) is None
