@@ -113,12 +113,12 @@ def pods(critest_node: CritestNode) -> Iterator[list[str]]:
 
 
 def default_container(critest: CritestNode, pods: list[str], busybox_image: str, prefix: str,
-                      **fields: object) -> str:
+                      command: list[str], **fields: object) -> str:
     """framework.CreatePodSandboxForContainer + a container of the default image, started."""
     pod = pod_sandbox_config("create-PodSandbox-for-container-")
     pods.append(critest.run_pod(pod))
     container_id = critest.create_container(pods[-1], pod, container_config(
-        prefix, busybox_image, **fields))
+        prefix, busybox_image, command, **fields))
     critest.start(container_id)
     return container_id
 
