@@ -30,22 +30,29 @@ CLIENT_GO_PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s
 
 CLIENT = """
 import asyncio, json, sys
+from crishim.streaming import spdy
+from crishim.streaming.websocket import WebSocketTransport
 from tests.streaming import client
 
 PROTOCOLS = %(protocols)s
+GET = b"GET / HTTP/1.0\\r\\n\\r\\n"
 
 
-async def exec_(url, tty):
+def as_json(result):
+    return {"stdout": result.stdout.decode(), "stderr": result.stderr.decode(), "exit": result.exit_code}
+
+
+async def exec_(url, tty, websocket):
     # checkExec: no stdin unless tty; with tty, stdin stays open until the command is done.
+    if websocket:  # the URL says stdin; the client just never closes it
+        return as_json(await client.ws_remotecommand(url, stdin=None, protocol=PROTOCOLS[0]))
     result = await client.spdy_remotecommand(url, stdin=b"" if tty else None, stdout=True,
                                              stderr=not tty, tty=tty, keep_stdin_open=True,
                                              protocol=PROTOCOLS)
-    return {"stdout": result.stdout.decode(), "stderr": result.stderr.decode(),
-            "exit": result.exit_code}
+    return as_json(result)
 
 
-async def attach(url):
-    # checkAttach: stdin, stdout and stderr, no tty; type a command, read its output, close stdin.
+async def attach_spdy(url):
     answer, session = await client.spdy_connect(url, PROTOCOLS)
     assert session is not None, answer
     error = await session.open_stream({"streamType": "error"})
@@ -66,29 +73,60 @@ async def attach(url):
     return {"stdout": (stdout + rest).decode(), "stderr": stderr.decode(), "error": status.decode()}
 
 
-async def portforward(url, port):
-    answer, session = await client.spdy_connect(url, ["portforward.k8s.io"])
-    assert session is not None, answer
-    data, error = await client.spdy_port_forward(session, port, 0, b"GET / HTTP/1.0\\r\\n\\r\\n")
+async def attach_websocket(url):
+    answer, ws = await client.ws_connect(url, [PROTOCOLS[0]])
+    assert ws is not None, answer
+    channels = {1: b"", 2: b"", 3: b""}
+    await ws.send(b"\\x00echo -n hello\\n")
+
+    async def receive():
+        message = await asyncio.wait_for(ws.receive(), 20)
+        if message is not None:
+            channels[message[1][0]] += message[1][1:]
+        return message
+
+    while channels[1] != b"hello":
+        assert await receive() is not None, channels
+    await ws.send(b"\\xff\\x00")  # v5: stdin closed
+    while await receive() is not None:
+        pass
+    ws.abort()
+    return {"stdout": channels[1].decode(), "stderr": channels[2].decode(), "error": channels[3].decode()}
+
+
+async def portforward(url, port, websocket):
+    if websocket:  # client-go's tunnel: SPDY inside WebSocket messages
+        answer, ws = await client.ws_connect(url, ["SPDY/3.1+portforward.k8s.io"])
+        assert ws is not None, answer
+        session = spdy.Session(WebSocketTransport(ws), server=False)
+        session.start()
+    else:
+        answer, session = await client.spdy_connect(url, ["portforward.k8s.io"])
+        assert session is not None, answer
+    data, error = await client.spdy_port_forward(session, port, 0, GET)
     await session.close()
     return {"data": data.decode(errors="replace"), "error": error.decode()}
 
 
-async def main(kind, url, arg):
+async def main(kind, transport, url, arg):
+    websocket = transport == "websocket"
     if kind == "exec":
-        out = await exec_(url, arg == "tty")
+        out = await exec_(url, arg == "tty", websocket)
     elif kind == "attach":
-        out = await attach(url)
+        out = await (attach_websocket(url) if websocket else attach_spdy(url))
     else:
-        out = await portforward(url, int(arg))
+        out = await portforward(url, int(arg), websocket)
     print(json.dumps(out))
 
 asyncio.run(main(*sys.argv[1:]))
 """ % {"protocols": CLIENT_GO_PROTOCOLS}  # noqa: UP031 - the script itself uses braces
 
+# critest's --websocket-exec, --websocket-attach and --websocket-portforward; SPDY by default.
+TRANSPORTS = pytest.mark.parametrize("transport", ["spdy", "websocket"])
 
-def stream(critest: CritestNode, kind: str, url: str, arg: str = "") -> dict[str, object]:
-    return loads(critest.python(CLIENT, kind, url, arg))
+
+def stream(critest: CritestNode, kind: str, transport: str, url: str, arg: str = "") -> dict[str, object]:
+    return loads(critest.python(CLIENT, kind, transport, url, arg))
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +161,20 @@ def default_container(critest: CritestNode, pods: list[str], busybox_image: str,
     return container_id
 
 
+@TRANSPORTS
 def test_runtime_should_support_exec_with_tty_false_and_stdin_false(
-        critest_node: CritestNode, pods: list[str], busybox_image: str) -> None:
+        critest_node: CritestNode, pods: list[str], busybox_image: str, transport: str) -> None:
     """runtime should support exec with tty=false and stdin=false [Conformance]"""
     container_id = default_container(critest_node, pods, busybox_image, "container-for-exec-test",
                                      command=["top"])
     url = critest_node.rc.Exec(api_pb2.ExecRequest(container_id=container_id, cmd=ECHO_HELLO,
                                                    stdout=True, stderr=True)).url
-    assert stream(critest_node, "exec", url) == {"stdout": "hello", "stderr": "", "exit": 0}
+    assert stream(critest_node, "exec", transport, url) == {"stdout": "hello", "stderr": "", "exit": 0}
 
 
+@TRANSPORTS
 def test_runtime_should_support_exec_with_tty_true_and_stdin_true(
-        critest_node: CritestNode, pods: list[str], busybox_image: str) -> None:
+        critest_node: CritestNode, pods: list[str], busybox_image: str, transport: str) -> None:
     """runtime should support exec with tty=true and stdin=true [Conformance]
 
     critest keeps its stdin open until the exec returns: the exit of the command must end it."""
@@ -142,12 +182,13 @@ def test_runtime_should_support_exec_with_tty_true_and_stdin_true(
                                      command=["top"])
     url = critest_node.rc.Exec(api_pb2.ExecRequest(container_id=container_id, cmd=ECHO_HELLO,
                                                    stdout=True, tty=True, stdin=True)).url
-    result = stream(critest_node, "exec", url, "tty")
+    result = stream(critest_node, "exec", transport, url, "tty")
     assert "hello" in str(result["stdout"]) and result["stderr"] == "" and result["exit"] == 0
 
 
+@TRANSPORTS
 def test_runtime_should_support_attach(critest_node: CritestNode, pods: list[str],
-                                       busybox_image: str) -> None:
+                                       busybox_image: str, transport: str) -> None:
     """runtime should support attach [Conformance]
 
     createShellContainer: /bin/sh with stdin and stdin_once; closing the attach's stdin closes the
@@ -156,7 +197,7 @@ def test_runtime_should_support_attach(critest_node: CritestNode, pods: list[str
                                      command=["/bin/sh"], stdin=True, stdin_once=True, tty=False)
     url = critest_node.rc.Attach(api_pb2.AttachRequest(container_id=container_id, stdin=True,
                                                        stdout=True, stderr=True, tty=False)).url
-    result = stream(critest_node, "attach", url)
+    result = stream(critest_node, "attach", transport, url)
     assert (result["stdout"], result["stderr"]) == ("hello", "")
     assert json.loads(str(result["error"]))["status"] == "Success"  # client-go: no error
 
@@ -189,8 +230,9 @@ def web_server_pod(critest: CritestNode, pods: list[str], image: str, port: int,
     return pods[-1]
 
 
+@TRANSPORTS
 def test_runtime_should_support_portforward(critest_node: CritestNode, pods: list[str],
-                                            web_images: dict[str, str]) -> None:
+                                            web_images: dict[str, str], transport: str) -> None:
     """runtime should support portforward [Conformance]
 
     PortForwardRequest names no port (critest's createDefaultPortForward); the client asks for 80."""
@@ -199,18 +241,19 @@ def test_runtime_should_support_portforward(critest_node: CritestNode, pods: lis
         pod_sandbox_id=pod_id)).status.network.ip
     check_main_page(critest_node, f"http://{ip}:{WEB_SERVER_CONTAINER_PORT}/")
     url = critest_node.rc.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod_id)).url
-    result = stream(critest_node, "portforward", url, str(WEB_SERVER_CONTAINER_PORT))
+    result = stream(critest_node, "portforward", transport, url, str(WEB_SERVER_CONTAINER_PORT))
     assert str(result["data"]).startswith("HTTP/1.") and " 200 " in str(result["data"]).split("\r\n")[0]
     assert str(result["data"]).endswith("critest\n") and result["error"] == ""
 
 
+@TRANSPORTS
 def test_runtime_should_support_portforward_in_host_network(
-        critest_node: CritestNode, pods: list[str], web_images: dict[str, str]) -> None:
+        critest_node: CritestNode, pods: list[str], web_images: dict[str, str], transport: str) -> None:
     """runtime should support portforward in host network"""
     port = WEB_SERVER_HOST_NET_CONTAINER_PORT
     pod_id = web_server_pod(critest_node, pods, web_images["hostnet"], port, True)
     check_main_page(critest_node, f"http://127.0.0.1:{port}/")
     url = critest_node.rc.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod_id)).url
-    result = stream(critest_node, "portforward", url, str(port))
+    result = stream(critest_node, "portforward", transport, url, str(port))
     assert " 200 " in str(result["data"]).split("\r\n")[0], json.dumps(result)
     assert str(result["data"]).endswith("critest\n") and result["error"] == ""
