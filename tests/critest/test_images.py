@@ -37,6 +37,7 @@ class CritestImages:
     users: list[tuple[str, str, int, str]]  # (description, ref, uid, username)
     different_tags_different_images: list[str]
     different_tags_same_image: list[str]
+    same_image_different_registries: list[str]  # one registry under two names, to the runtime two
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +55,16 @@ def critest_images(test_images: TestImages) -> CritestImages:
              ("UID:group", "test-image-user-uid-group", "1003:users", 1003, ""),
              ("Username:group", "test-image-user-username-group", "www-data:users", 0, "www-data")]
     push("test-image-tags", ["1", "2", "3"])
+    with_tag = push("test-image-tag", ["test"])
     return CritestImages(
-        with_tag=push("test-image-tag", ["test"]),
+        with_tag=with_tag,
         without_tag=push("test-image-latest", ["latest"]).removesuffix(":latest"),
         with_digest=push("test-image-digest", []),
         all_references=push("test-image-tag", ["all"]),
         users=[(desc, push(repo, ["latest"], User=user), uid, name) for desc, repo, user, uid, name in users],
         different_tags_different_images=[push(f"test-image-{i}", ["latest"]) for i in (1, 2, 3)],
         different_tags_same_image=[f"{host}/test-image-tags:{i}" for i in (1, 2, 3)],
+        same_image_different_registries=[with_tag, with_tag.replace("127.0.0.1:", "localhost:", 1)],
     )
 
 
@@ -214,6 +217,45 @@ def test_list_image_should_get_exactly_3_repo_tags_in_the_result_image(
         remove_image(ic, name)
 
 
+def image_with_tag(ic: api_pb2_grpc.ImageServiceStub, name: str) -> api_pb2.Image:
+    (image,) = [i for i in ic.ListImages(api_pb2.ListImagesRequest()).images if name in i.repo_tags]
+    return image
+
+
+def removing_one_name_removes_all(ic: api_pb2_grpc.ImageServiceStub, names: list[str]) -> None:
+    """The two "removing image ..." specs: pull every name, find one image with all of them, remove
+    it by the first (critest's removeImage: by the id it resolves to), then no name nor the id
+    resolves."""
+    for name in names:
+        remove_image(ic, name)
+    for name in names:
+        pull(ic, name)
+    image = image_with_tag(ic, names[0])
+    assert sorted(image.repo_tags) == sorted(names), "Should contain all the tags"
+    remove_image(ic, names[0])
+    for name in [*names, image.id]:
+        assert image_status(ic, name) is None, f"Image should be gone when checking by {name!r}"
+
+
+def test_removing_image_by_one_tag_should_remove_all_tags(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """removing image by one tag should remove all tags [Conformance]
+
+    Also by the tag itself (RemoveImage of a name, not an id): every tag goes with it."""
+    names = critest_images.different_tags_same_image
+    removing_one_name_removes_all(ic, names)
+    for name in names:
+        pull(ic, name)
+    ic.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=names[1])))
+    assert all(image_status(ic, name) is None for name in names)
+
+
+def test_removing_image_from_one_registry_should_remove_all_tags_from_other_registries(
+        ic: api_pb2_grpc.ImageServiceStub, critest_images: CritestImages) -> None:
+    """removing image from one registry should remove all tags from other registries [Conformance]"""
+    removing_one_name_removes_all(ic, critest_images.same_image_different_registries)
+
+
 def tagged_in_list(ic: api_pb2_grpc.ImageServiceStub, name: str) -> bool:
     return any(name in image.repo_tags for image in ic.ListImages(api_pb2.ListImagesRequest()).images)
 
@@ -324,13 +366,9 @@ def test_should_return_the_same_image_identifier_across_all_apis(
 
 def test_should_return_the_same_image_identifier_when_pulled_from_different_registries(
         critest_node: CritestNode, critest_images: CritestImages) -> None:
-    """should return the same image identifier when pulled from different registries [Conformance]
-
-    The one registry under two names (`127.0.0.1:PORT` and `localhost:PORT`) is two registries to the
-    runtime: two names, one image, one id."""
+    """should return the same image identifier when pulled from different registries [Conformance]"""
     ic = critest_node.ic
-    name1 = critest_images.with_tag
-    name2 = name1.replace("127.0.0.1:", "localhost:", 1)
+    name1, name2 = critest_images.same_image_different_registries
     ref1, ref2 = pull(ic, name1), pull(ic, name2)
     assert ref1 and ref1 == ref2, "Image IDs MUST be the same even if pulled from different registries"
     status1, status2 = image_status(ic, name1), image_status(ic, name2)
