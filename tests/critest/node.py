@@ -1,5 +1,9 @@
-"""What critest's framework (cri-tools pkg/framework) sends, and one real `crishim serve` in a test node
-per module to send it to.
+"""What critest's framework (cri-tools pkg/framework) sends, the test images it pulls, and one real
+`crishim serve` in a test node per module to send it to.
+
+critest pulls `gcr.io/k8s-staging-cri-tools/test-image-*`; here each is a one-layer busybox image under
+the same repository name on the session registry, distinct by a label so that different names are
+different images where critest's are.
 
 critest's defaults: metadata names carry a UUID suffix, namespaces and uids a `cri-test-*` prefix,
 attempt 2, an empty `linux` section; pod labels are empty. Its client runs on the node, so the
@@ -22,6 +26,48 @@ from tests.image_fixtures import TestImages, registry_in_node
 from tests.sandbox.podutil import stop_and_remove
 
 DEFAULT_ATTEMPT = 2
+
+
+@dataclass
+class CritestImages:
+    """critest's image constants (consts.go), as pushed to the session registry."""
+
+    with_tag: str
+    without_tag: str  # pushed as :latest
+    with_digest: str
+    all_references: str
+    users: list[tuple[str, str, int, str]]  # (description, ref, uid, username)
+    different_tags_different_images: list[str]
+    different_tags_same_image: list[str]
+    same_image_different_registries: list[str]  # one registry under two names, to the runtime two
+
+
+@pytest.fixture(scope="session")
+def critest_images(test_images: TestImages) -> CritestImages:
+    registry, base = test_images.registry, test_images.base_layer
+    host = registry.host
+
+    def push(repo: str, tags: list[str], **config: object) -> str:
+        labels = {"critest": f"{repo}:{','.join(tags)}"}
+        image = registry.push_image(repo, tags, [base], {"Labels": labels, **config})
+        return image.ref or f"{host}/{repo}@{image.manifest_digest}"
+
+    users = [("UID only", "test-image-user-uid", "1002", 1002, ""),
+             ("Username only", "test-image-user-username", "www-data", 0, "www-data"),
+             ("UID:group", "test-image-user-uid-group", "1003:users", 1003, ""),
+             ("Username:group", "test-image-user-username-group", "www-data:users", 0, "www-data")]
+    push("test-image-tags", ["1", "2", "3"])
+    with_tag = push("test-image-tag", ["test"])
+    return CritestImages(
+        with_tag=with_tag,
+        without_tag=push("test-image-latest", ["latest"]).removesuffix(":latest"),
+        with_digest=push("test-image-digest", []),
+        all_references=push("test-image-tag", ["all"]),
+        users=[(desc, push(repo, ["latest"], User=user), uid, name) for desc, repo, user, uid, name in users],
+        different_tags_different_images=[push(f"test-image-{i}", ["latest"]) for i in (1, 2, 3)],
+        different_tags_same_image=[f"{host}/test-image-tags:{i}" for i in (1, 2, 3)],
+        same_image_different_registries=[with_tag, with_tag.replace("127.0.0.1:", "localhost:", 1)],
+    )
 
 
 @dataclass

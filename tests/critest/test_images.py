@@ -1,71 +1,32 @@
-"""critest's image specs (cri-tools pkg/validate/image.go, image_consistency.go) against a real
-`crishim serve`, with critest's test images rebuilt on the session registry.
+"""critest's image specs (cri-tools pkg/validate/image.go, image_consistency.go,
+image_id_consistency.go) against a real `crishim serve`, with critest's test images (node.py).
 
-critest pulls `gcr.io/k8s-staging-cri-tools/test-image-*`; here each is a one-layer busybox image
-under the same repository name, distinct by a label so that different names are different images
-where critest's are. Pulls carry critest's `testImagePodSandbox`: a sandbox config that is present
-but empty apart from (empty) labels.
+Pulls carry critest's `testImagePodSandbox`: a sandbox config that is present but empty apart from
+(empty) labels.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
-from tests.critest.node import CritestNode, container_config, critest_node, pod_sandbox_config
+from tests.critest.node import (
+    CritestImages,
+    CritestNode,
+    container_config,
+    critest_images,
+    critest_node,
+    pod_sandbox_config,
+)
 from tests.harness import CrishimServer, remove_root
-from tests.image_fixtures import TestImages
 
-__all__ = ["critest_node"]  # the module-scoped fixture, imported for pytest
+__all__ = ["critest_images", "critest_node"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.root
-
-
-@dataclass
-class CritestImages:
-    """critest's image constants (consts.go), as pushed to the session registry."""
-
-    with_tag: str
-    without_tag: str  # pushed as :latest
-    with_digest: str
-    all_references: str
-    users: list[tuple[str, str, int, str]]  # (description, ref, uid, username)
-    different_tags_different_images: list[str]
-    different_tags_same_image: list[str]
-    same_image_different_registries: list[str]  # one registry under two names, to the runtime two
-
-
-@pytest.fixture(scope="session")
-def critest_images(test_images: TestImages) -> CritestImages:
-    registry, base = test_images.registry, test_images.base_layer
-    host = registry.host
-
-    def push(repo: str, tags: list[str], **config: object) -> str:
-        labels = {"critest": f"{repo}:{','.join(tags)}"}
-        image = registry.push_image(repo, tags, [base], {"Labels": labels, **config})
-        return image.ref or f"{host}/{repo}@{image.manifest_digest}"
-
-    users = [("UID only", "test-image-user-uid", "1002", 1002, ""),
-             ("Username only", "test-image-user-username", "www-data", 0, "www-data"),
-             ("UID:group", "test-image-user-uid-group", "1003:users", 1003, ""),
-             ("Username:group", "test-image-user-username-group", "www-data:users", 0, "www-data")]
-    push("test-image-tags", ["1", "2", "3"])
-    with_tag = push("test-image-tag", ["test"])
-    return CritestImages(
-        with_tag=with_tag,
-        without_tag=push("test-image-latest", ["latest"]).removesuffix(":latest"),
-        with_digest=push("test-image-digest", []),
-        all_references=push("test-image-tag", ["all"]),
-        users=[(desc, push(repo, ["latest"], User=user), uid, name) for desc, repo, user, uid, name in users],
-        different_tags_different_images=[push(f"test-image-{i}", ["latest"]) for i in (1, 2, 3)],
-        different_tags_same_image=[f"{host}/test-image-tags:{i}" for i in (1, 2, 3)],
-        same_image_different_registries=[with_tag, with_tag.replace("127.0.0.1:", "localhost:", 1)],
-    )
 
 
 @pytest.fixture(scope="module")
