@@ -22,7 +22,9 @@ from tests.critest.node import (
     critest_node,
     pod_sandbox_config,
 )
-from tests.harness import CrishimServer, remove_root
+from tests.harness import CrishimServer, poll, remove_root
+from tests.image.proxy import registry_proxy_thread
+from tests.image_fixtures import TestImages
 
 __all__ = ["critest_images", "critest_node"]  # fixtures, imported for pytest
 
@@ -105,6 +107,31 @@ def test_public_image_should_timeout_if_requested(ic: api_pb2_grpc.ImageServiceS
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     pull(ic, critest_images.with_tag)
     remove_image(ic, critest_images.with_tag)
+
+
+def test_public_image_should_timeout_if_requested_mid_download(
+        images_server: CrishimServer, ic: api_pb2_grpc.ImageServiceStub, test_images: TestImages) -> None:
+    """public image should timeout if requested [Conformance], with a deadline that passes while the
+    layer downloads (a registry stalled half way): the server gives the pull up with its client, keeps
+    nothing of it, and the retry fetches afresh instead of waiting on the stalled download."""
+    with registry_proxy_thread(test_images.registry.url) as proxy:
+        proxy.stall_min_bytes = 100_000  # the busybox layer stalls half way until the proxy stops
+        name = f"{proxy.host}/withuser:1"
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=name))
+        with pytest.raises(grpc.RpcError) as caught:
+            ic.PullImage(request, timeout=1.0)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        store = images_server.state_dir / "images"
+
+        def scratch() -> list[str]:
+            """Half downloaded blobs, half unpacked layers."""
+            return [p.name for p in [*(store / "ingest").iterdir(), *(store / "layers").glob(".tmp-*")]]
+
+        poll(lambda: not scratch(), what="the abandoned download to be dropped")
+        assert image_status(ic, name) is None
+        proxy.stall_min_bytes = 0
+        assert ic.PullImage(request, timeout=10).image_ref == test_images.with_user.id
+        remove_image(ic, name)
 
 
 def test_public_image_without_tag_should_be_pulled_and_removed(
