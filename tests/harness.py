@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -307,6 +308,28 @@ class CrishimServer:
                 found += [p.name for p in net.iterdir() if p.name[0].isdigit() and "_" not in p.name
                           and not p.name.startswith("last_reserved_ip")]
         return found
+
+
+@contextlib.contextmanager
+def walkable_server(node: TestNode | None, prefix: str, layout: Path) -> Iterator[CrishimServer]:
+    """A running server rooted in a /tmp dir every user can walk through (a user-namespaced pod's root
+    is an unprivileged host uid that must reach its rootfs; pytest's tmp dirs are 0700), its store
+    holding the images of the OCI `layout`, imported before it started."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root.chmod(0o711)
+    server = CrishimServer(root=root, node=node)
+    server.conf_dir.mkdir(parents=True, exist_ok=True)
+    server.write_network()
+    try:
+        server.write_config()
+        run([sys.executable, "-m", "crishim", "--config", str(server.config_path), "images", "import",
+             str(layout)], cwd=REPO)
+        server.start()
+        yield server
+    finally:
+        server.remove_all_pods()
+        server.stop()
+        remove_root(root)
 
 
 def mounts_below(root: Path) -> list[str]:

@@ -322,7 +322,7 @@ def registry(test_images: TestImages) -> Registry:
 
 @pytest.fixture(scope="session")
 def busybox_image(test_images: TestImages) -> str:
-    """`127.0.0.1:PORT/busybox:1`: one layer of busybox-static with sh, httpd, sleep, cat, … and
+    """`127.0.0.1:PORT/busybox:1`: one layer of busybox-static with sh, httpd, sleep, cat, top, … and
     an /etc/passwd holding root and user 1000; pullable over plain HTTP."""
     return test_images.busybox.ref
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -22,12 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from crishim.container import apparmor, crilog, userns
 from crishim.container import conmon as conmon_mod
-from crishim.container import crilog, userns
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
 from crishim.container.inroot import resolve_in_root
 from crishim.container.model import (
+    AppArmorKind,
     Container,
     ContainerSpec,
     ContainerState,
@@ -149,6 +151,7 @@ class ContainerManager:
         self._hugetlb = True
         self.features: dict[str, HandlerFeatures] = {}
         self._held_capabilities: list[str] | None = None
+        self._apparmor = False
         # Writes every container's CRI log from what its conmon records (see crilog).
         self.logs = crilog.LogCopier()
         # Told "created", "started", "stopped" (exited) and "deleted" (GetContainerEvents).
@@ -172,6 +175,7 @@ class ContainerManager:
                 log.info("no user namespaces for pods on this node", extra={"reason": blocker})
             self.features = {name: await probe(h, not blocker) for name, h in self.runtimes.items()}
             self._held_capabilities = await asyncio.to_thread(_own_capabilities)
+            self._apparmor = await asyncio.to_thread(apparmor.host_enabled)
             self.logs.start()
             self._installed = True
 
@@ -250,6 +254,12 @@ class ContainerManager:
                                   f"configured: {sorted(self.runtimes)}")
         await self._install()
         validate_container(spec, sandbox.spec.log_directory, self._rro(handler))
+        sec = spec.security
+        profile = functools.partial(apparmor.process_profile, sec.apparmor, sec.apparmor_profile,
+                                    sec.privileged, self._apparmor)
+        # Only a Localhost profile reads the loaded list; the rest is decided without a thread hop.
+        apparmor_profile = (await asyncio.to_thread(profile) if sec.apparmor == AppArmorKind.LOCALHOST
+                            else profile())
         key = (sandbox.id, spec.name, spec.attempt)
         if key in self._names:
             raise AlreadyExists(f"container {spec.name!r} attempt {spec.attempt} already exists in "
@@ -270,7 +280,8 @@ class ContainerManager:
             phases.mark("rootfs_mount")
             spec = await self._mount_image_volumes(sandbox, spec, cid, cdir)
             spec = await self._idmap_volumes(spec, cid)
-            c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged), phases)
+            c = await self._create(sandbox, spec, image, handler, cid, cdir, str(rootfs.merged),
+                                   apparmor_profile, phases)
         except BaseException:
             self._names.pop(key, None)
             self._containers.pop(cid, None)
@@ -336,7 +347,7 @@ class ContainerManager:
 
     async def _create(self, sandbox: Sandbox, spec: ContainerSpec, image: ImageLike,
                       handler: RuntimeHandler, cid: str, cdir: Path, rootfs: str,
-                      phases: Phases) -> Container:
+                      apparmor_profile: str, phases: Phases) -> Container:
         sec = spec.security
         passwd, group = await asyncio.to_thread(read_user_files, Path(rootfs))
         phases.mark("users")
@@ -351,6 +362,7 @@ class ContainerManager:
             localhost_seccomp=await self._localhost_profile(spec),
             target_pid=await self._pid_namespace_owner(sandbox, spec, handler),
             hugetlb=self._hugetlb, held_capabilities=self._held_capabilities,
+            apparmor_profile=apparmor_profile,
         )
         phases.mark("spec_inputs")
         oci = build_spec(spec, sandbox, inputs)

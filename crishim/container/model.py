@@ -23,6 +23,13 @@ class SeccompKind(enum.StrEnum):
     LOCALHOST = "Localhost"
 
 
+class AppArmorKind(enum.StrEnum):
+    UNSET = ""  # not asked for: no profile (see container/apparmor.py)
+    RUNTIME_DEFAULT = "RuntimeDefault"
+    UNCONFINED = "Unconfined"
+    LOCALHOST = "Localhost"
+
+
 @dataclass
 class Mount:
     container_path: str
@@ -81,6 +88,8 @@ class SecurityContext:
     readonly_paths: list[str] = field(default_factory=list)
     seccomp: SeccompKind = SeccompKind.UNCONFINED
     seccomp_profile_path: str = ""
+    apparmor: AppArmorKind = AppArmorKind.UNSET
+    apparmor_profile: str = ""  # the profile's name, for LOCALHOST
     pid_mode: NamespaceMode = NamespaceMode.CONTAINER
     target_id: str = ""
 
@@ -115,6 +124,7 @@ class ContainerSpec:
         data["resources"] = Resources(**data.get("resources", {}))
         sec = dict(data.get("security", {}))
         sec["seccomp"] = SeccompKind(sec.get("seccomp", SeccompKind.UNCONFINED))
+        sec["apparmor"] = AppArmorKind(sec.get("apparmor", AppArmorKind.UNSET))
         sec["pid_mode"] = NamespaceMode(sec.get("pid_mode", NamespaceMode.CONTAINER))
         sec["supplemental_groups_policy"] = GroupsPolicy(sec.get("supplemental_groups_policy",
                                                                  GroupsPolicy.MERGE))

@@ -69,6 +69,8 @@ class SpecInputs:
     # PID whose PID namespace a TARGET container (the target's init) or a POD container (the pod's
     # infra process) joins.
     target_pid: int = 0
+    # The AppArmor profile to run under ("" for none), from apparmor.process_profile.
+    apparmor_profile: str = ""
 
 
 def process_args(spec: ContainerSpec, image_config: dict[str, Any]) -> list[str]:
@@ -304,6 +306,8 @@ def build_spec(spec: ContainerSpec, sandbox: Sandbox, inputs: SpecInputs) -> dic
         "noNewPrivileges": sec.no_new_privs,
         "oomScoreAdj": max(spec.resources.oom_score_adj, inputs.oom_score_adj_floor),
     }
+    if inputs.apparmor_profile:
+        process["apparmorProfile"] = inputs.apparmor_profile
     if not process["cwd"].startswith("/"):
         raise InvalidArgument(f"working directory {process['cwd']!r} must be absolute")
     linux: dict[str, Any] = {

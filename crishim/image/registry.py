@@ -125,7 +125,8 @@ async def _first_request() -> None:
             writer.close()
 
     listener = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with listener, httpx.AsyncClient(verify=_default_tls()) as client:
+    # trust_env=False: no proxy from the environment may see this request
+    async with listener, httpx.AsyncClient(verify=_default_tls(), trust_env=False) as client:
         await client.get(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/")
 
 

@@ -7,6 +7,7 @@ import json
 from crishim.api.runtime.v1 import api_pb2
 from crishim.container.manager import ListFilter
 from crishim.container.model import (
+    AppArmorKind,
     Container,
     ContainerSpec,
     ContainerState,
@@ -35,9 +36,9 @@ _PROPAGATION = {
     api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
 _PROPAGATION_OF = {v: k for k, v in _PROPAGATION.items()}
-_LEGACY_SECCOMP = {"": SeccompKind.UNCONFINED, "unconfined": SeccompKind.UNCONFINED,
-                   "runtime/default": SeccompKind.RUNTIME_DEFAULT,
-                   "docker/default": SeccompKind.RUNTIME_DEFAULT}
+# The deprecated string fields' values (containerd's generateSecurityProfile); "" is "not asked for".
+_LEGACY_PROFILES = {"unconfined": "Unconfined", "runtime/default": "RuntimeDefault",
+                    "docker/default": "RuntimeDefault"}
 LOCALHOST_PREFIX = "localhost/"
 
 
@@ -66,23 +67,39 @@ def resources_to(res: Resources) -> api_pb2.LinuxContainerResources:
     )
 
 
+def _profile(sc: api_pb2.LinuxContainerSecurityContext, field: str,
+             legacy_field: str) -> tuple[str, str] | None:
+    """A security profile (seccomp, AppArmor) as (ProfileType name, localhost ref), None when not asked
+    for. The structured field wins; the deprecated string is read when it is absent."""
+    where = f"config.linux.security_context.{field}"
+    if sc.HasField(field):
+        profile: api_pb2.SecurityProfile = getattr(sc, field)
+        kind = enum_name(api_pb2.SecurityProfile.ProfileType, profile.profile_type, f"{where}.profile_type")
+        ref = profile.localhost_ref.removeprefix(LOCALHOST_PREFIX)
+        if kind == "Localhost" and not ref:
+            raise InvalidArgument(f"{where}: profile type Localhost needs localhost_ref")
+        if kind != "Localhost" and profile.localhost_ref:
+            raise InvalidArgument(f"{where}.localhost_ref must only be set for profile type Localhost")
+        return kind, ref
+    value = getattr(sc, legacy_field)
+    if not value:
+        return None
+    if value.startswith(LOCALHOST_PREFIX):
+        return "Localhost", value.removeprefix(LOCALHOST_PREFIX)
+    if value not in _LEGACY_PROFILES:
+        raise InvalidArgument(f"config.linux.security_context.{legacy_field}: unknown profile {value!r}")
+    return _LEGACY_PROFILES[value], ""
+
+
 def _seccomp(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[SeccompKind, str]:
-    """The structured field wins; the deprecated path is read when it is absent."""
-    if sc.HasField("seccomp"):
-        profile = sc.seccomp
-        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
-            if not profile.localhost_ref:
-                raise InvalidArgument("seccomp profile type Localhost needs localhost_ref")
-            return SeccompKind.LOCALHOST, profile.localhost_ref
-        if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
-            return SeccompKind.UNCONFINED, ""
-        return SeccompKind.RUNTIME_DEFAULT, ""
-    path = sc.seccomp_profile_path
-    if path.startswith(LOCALHOST_PREFIX):
-        return SeccompKind.LOCALHOST, path.removeprefix(LOCALHOST_PREFIX)
-    if path not in _LEGACY_SECCOMP:
-        raise InvalidArgument(f"unknown seccomp_profile_path {path!r}")
-    return _LEGACY_SECCOMP[path], ""
+    """Unconfined when not asked for, as in containerd without a configured unset profile."""
+    kind, ref = _profile(sc, "seccomp", "seccomp_profile_path") or ("Unconfined", "")
+    return SeccompKind(kind), ref
+
+
+def _apparmor(sc: api_pb2.LinuxContainerSecurityContext) -> tuple[AppArmorKind, str]:
+    kind, ref = _profile(sc, "apparmor", "apparmor_profile") or ("", "")
+    return AppArmorKind(kind), ref
 
 
 def _groups_policy(value: int) -> GroupsPolicy:
@@ -93,6 +110,7 @@ def _groups_policy(value: int) -> GroupsPolicy:
 
 def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
     kind, path = _seccomp(sc)
+    apparmor, apparmor_profile = _apparmor(sc)
     if sc.capabilities.add_ambient_capabilities:
         raise InvalidArgument("ambient capabilities are not supported")
     options = sc.namespace_options
@@ -111,6 +129,8 @@ def _security(sc: api_pb2.LinuxContainerSecurityContext) -> SecurityContext:
         readonly_paths=list(sc.readonly_paths),
         seccomp=kind,
         seccomp_profile_path=path,
+        apparmor=apparmor,
+        apparmor_profile=apparmor_profile,
         pid_mode=NamespaceMode(enum_name(api_pb2.NamespaceMode, options.pid,
                                          "config.linux.security_context.namespace_options.pid")),
         target_id=options.target_id,

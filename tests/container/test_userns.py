@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.container.features import HandlerFeatures, features_from
-from tests.harness import REPO, CrishimServer, TestNode, mounts_below, poll, remove_root, run
+from tests.harness import CrishimServer, TestNode, mounts_below, poll, walkable_server
 from tests.image_fixtures import TestImages, layout_image
 from tests.sandbox.podutil import pod_config, run_pod, stop_and_remove
 
@@ -38,23 +37,8 @@ def busybox_image(test_images: TestImages) -> str:
 
 @pytest.fixture
 def server(node: TestNode, test_images: TestImages) -> Iterator[CrishimServer]:
-    """A server rooted in a short dir every user can walk through: the pod's mapped root is nobody on
-    the host and must reach its rootfs (pytest's own tmp dirs are 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="crishim-userns-", dir="/tmp"))
-    root.chmod(0o711)
-    s = CrishimServer(root=root, node=node, extra_config={})
-    s.conf_dir.mkdir(exist_ok=True)
-    s.write_network()
-    try:
-        s.write_config()
-        run([sys.executable, "-m", "crishim", "--config", str(s.config_path), "images", "import",
-             str(test_images.layout)], cwd=REPO)
-        s.start()
+    with walkable_server(node, "crishim-userns-", test_images.layout) as s:
         yield s
-    finally:
-        s.remove_all_pods()
-        s.stop()
-        remove_root(root)
 
 
 def userns_options(mode: int = api_pb2.POD, uids: list[api_pb2.IDMapping] | None = None,

@@ -449,7 +449,7 @@ async def main() -> None:
     pool = HttpPool()
     if sys.argv[1] == "warm":
         pool.warm_up()
-        await pool._warming
+        await pool.warmed()
     before = set(sys.modules)
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     async with server:
