@@ -5,27 +5,24 @@ critest pulls `gcr.io/k8s-staging-cri-tools/test-image-*`; here each is a one-la
 the same repository name on the session registry, distinct by a label so that different names are
 different images where critest's are.
 
-critest's defaults: metadata names carry a UUID suffix, namespaces and uids a `cri-test-*` prefix,
-attempt 2, an empty `linux` section; pod labels are empty. Its client runs on the node, so the
-streaming clients here run inside the node's network namespace too.
+The requests themselves are built by tests/critest/framework.py, with critest's defaults. critest's
+client runs on the node, so the streaming clients here run inside the node's network namespace too.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.critest import framework
 from tests.harness import REPO, CrishimServer, TestNode, make_test_node, remove_root, run
 from tests.image_fixtures import TestImages, registry_in_node
 from tests.sandbox.podutil import stop_and_remove
-
-DEFAULT_ATTEMPT = 2
 
 
 @dataclass
@@ -83,6 +80,11 @@ class CritestNode:
     def ic(self) -> api_pb2_grpc.ImageServiceStub:
         return self.server.images()
 
+    def pod_config(self, prefix: str = "create-PodSandbox-for-container-",
+                   **fields: object) -> api_pb2.PodSandboxConfig:
+        """framework.CreatePodSandboxForContainer's config (and its siblings', with `fields` added)."""
+        return framework.pod_config(self.server, prefix, **fields)
+
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
         return str(self.rc.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config),
                                          timeout=60).pod_sandbox_id)
@@ -129,28 +131,6 @@ def critest_node(tmp_path_factory: pytest.TempPathFactory,
             server.remove_all_pods()
             server.stop()
             remove_root(server.root)
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
-
-
-def pod_sandbox_config(prefix: str, **fields: object) -> api_pb2.PodSandboxConfig:
-    """framework.CreatePodSandboxForContainer's config (and its siblings', with `fields` added)."""
-    return api_pb2.PodSandboxConfig(
-        metadata=api_pb2.PodSandboxMetadata(name=prefix + new_uuid(), uid="cri-test-uid" + new_uuid(),
-                                            namespace="cri-test-namespace" + new_uuid(),
-                                            attempt=DEFAULT_ATTEMPT),
-        linux=api_pb2.LinuxPodSandboxConfig(), **fields)  # type: ignore[arg-type]
-
-
-def container_config(prefix: str, image: str, command: list[str] | None = None,
-                     **fields: object) -> api_pb2.ContainerConfig:
-    """framework.CreateDefaultContainer's config shape: UUID-suffixed name, attempt 2, empty linux."""
-    return api_pb2.ContainerConfig(
-        metadata=api_pb2.ContainerMetadata(name=prefix + new_uuid(), attempt=DEFAULT_ATTEMPT),
-        image=api_pb2.ImageSpec(image=image), command=command or [],
-        linux=api_pb2.LinuxContainerConfig(), **fields)  # type: ignore[arg-type]
 
 
 def loads(output: str) -> dict[str, object]:

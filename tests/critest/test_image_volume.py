@@ -14,21 +14,14 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.critest.node import (
-    CritestImages,
-    CritestNode,
-    container_config,
-    critest_images,
-    critest_node,
-    pod_sandbox_config,
-)
+from tests.critest import framework
+from tests.critest.node import CritestImages, CritestNode, critest_images, critest_node
 
 __all__ = ["critest_images", "critest_node"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.root
 
 IMAGE_VOLUME_TEST_PATH = "/mnt/image-volume"
-PAUSE_CMD = ["sh", "-c", "top"]
 
 
 class Spec:
@@ -38,7 +31,7 @@ class Spec:
         self.critest, self.name = critest, name
         self.image_ref = str(critest.ic.PullImage(api_pb2.PullImageRequest(
             image=api_pb2.ImageSpec(image=name)), timeout=60).image_ref)
-        self.pod = pod_sandbox_config("create-PodSandbox-for-container-")
+        self.pod = critest.pod_config()
         self.pod_id = critest.run_pod(self.pod)
         self.container_ids: list[str] = []
 
@@ -46,17 +39,16 @@ class Spec:
         return api_pb2.ImageSpec(image=self.image_ref, user_specified_image=self.name)
 
     def create(self, prefix: str, readonly: bool = True, sub_path: str = "") -> str:
-        config = container_config(prefix, self.image_ref, PAUSE_CMD, mounts=[api_pb2.Mount(
-            container_path=IMAGE_VOLUME_TEST_PATH, readonly=readonly, image=self.image_spec(),
-            image_sub_path=sub_path)])
+        mount = api_pb2.Mount(container_path=IMAGE_VOLUME_TEST_PATH, readonly=readonly,
+                              image=self.image_spec(), image_sub_path=sub_path)
+        config = framework.container_config(prefix, self.image_ref, framework.PAUSE_COMMAND, mounts=[mount])
         config.image.CopyFrom(self.image_spec())
         container_id = self.critest.create_container(self.pod_id, self.pod, config)
         self.container_ids.append(container_id)
         return container_id
 
     def exec_sync(self, container_id: str, *cmd: str) -> api_pb2.ExecSyncResponse:
-        return self.critest.rc.ExecSync(api_pb2.ExecSyncRequest(container_id=container_id, cmd=list(cmd),
-                                                                timeout=60))
+        return framework.exec_sync(self.critest.server, container_id, *cmd)
 
     def close(self) -> None:
         for container_id in self.container_ids:

@@ -14,14 +14,8 @@ import grpc
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2, api_pb2_grpc
-from tests.critest.node import (
-    CritestImages,
-    CritestNode,
-    container_config,
-    critest_images,
-    critest_node,
-    pod_sandbox_config,
-)
+from tests.critest import framework
+from tests.critest.node import CritestImages, CritestNode, critest_images, critest_node
 from tests.harness import CrishimServer, poll, remove_root
 from tests.image.proxy import registry_proxy_thread
 from tests.image_fixtures import TestImages
@@ -206,7 +200,8 @@ def test_list_image_should_get_exactly_3_repo_tags_in_the_result_image(
 
 
 def image_with_tag(ic: api_pb2_grpc.ImageServiceStub, name: str) -> api_pb2.Image:
-    (image,) = [i for i in ic.ListImages(api_pb2.ListImagesRequest()).images if name in i.repo_tags]
+    images: list[api_pb2.Image] = list(ic.ListImages(api_pb2.ListImagesRequest()).images)
+    (image,) = [i for i in images if name in i.repo_tags]
     return image
 
 
@@ -315,9 +310,9 @@ def test_should_not_fail_on_simultaneous_remove_image_calls(
 def run_container_of(critest: CritestNode, image_ref: str, name: str) -> tuple[str, str]:
     """A pod and a started container of the pulled image, named as critest names it (the image by its
     id, the name the user gave alongside); returns (pod id, container id)."""
-    pod = pod_sandbox_config("create-PodSandbox-for-container-")
+    pod = critest.pod_config()
     pod_id = critest.run_pod(pod)
-    config = container_config("id-consistency-", image_ref)
+    config = framework.container_config("id-consistency-", image_ref, ())
     config.image.user_specified_image = name
     container_id = critest.create_container(pod_id, pod, config)
     critest.start(container_id)

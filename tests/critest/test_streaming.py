@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.critest.node import CritestNode, container_config, critest_node, loads, pod_sandbox_config
+from tests.critest import framework
+from tests.critest.node import CritestNode, critest_node, loads
 from tests.harness import poll, run
 from tests.image_fixtures import HTTP_GET, TestImages
 
@@ -153,10 +154,10 @@ def pods(critest_node: CritestNode) -> Iterator[list[str]]:
 def default_container(critest: CritestNode, pods: list[str], busybox_image: str, prefix: str,
                       command: list[str], **fields: object) -> str:
     """framework.CreatePodSandboxForContainer + a container of the default image, started."""
-    pod = pod_sandbox_config("create-PodSandbox-for-container-")
+    pod = critest.pod_config()
     pods.append(critest.run_pod(pod))
-    container_id = critest.create_container(pods[-1], pod, container_config(
-        prefix, busybox_image, command, **fields))
+    container_id = critest.create_container(pods[-1], pod, framework.container_config(
+        prefix, busybox_image, tuple(command), **fields))
     critest.start(container_id)
     return container_id
 
@@ -220,13 +221,13 @@ def check_main_page(critest: CritestNode, url: str) -> None:
 def web_server_pod(critest: CritestNode, pods: list[str], image: str, port: int,
                    host_network: bool) -> str:
     """createPodSandboxWithPortMapping + createWebServerContainer (no command: the image's own)."""
-    pod = pod_sandbox_config("create-PodSandbox-with-port-mapping",
+    pod = critest.pod_config("create-PodSandbox-with-port-mapping",
                              port_mappings=[api_pb2.PortMapping(container_port=port)])
     if host_network:
         pod.linux.security_context.namespace_options.network = api_pb2.NODE
     pods.append(critest.run_pod(pod))
-    critest.start(critest.create_container(pods[-1], pod, container_config(
-        "container-for-portforward-test", image)))
+    critest.start(critest.create_container(pods[-1], pod, framework.container_config(
+        "container-for-portforward-test", image, ())))
     return pods[-1]
 
 

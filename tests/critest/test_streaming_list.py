@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from crishim.api.runtime.v1 import api_pb2
-from tests.critest.node import CritestNode, container_config, critest_node, pod_sandbox_config
+from tests.critest import framework
+from tests.critest.node import CritestNode, critest_node
 from tests.image_fixtures import TestImages
 
 __all__ = ["critest_node"]  # the module-scoped fixture, imported for pytest
@@ -64,7 +65,7 @@ class StreamingLists:
 
     def run_pod(self, prefix: str, labels: dict[str, str] | None = None) -> str:
         """framework.RunDefaultPodSandbox (or RunPodSandbox with labels)."""
-        config = pod_sandbox_config(prefix, labels=labels or {})
+        config = self.critest.pod_config(prefix, labels=labels or {})
         self.pods.append(self.critest.run_pod(config))
         self.configs[self.pods[-1]] = config
         return self.pods[-1]
@@ -75,8 +76,8 @@ class StreamingLists:
         if not self.pods:
             self.run_pod("create-PodSandbox-for-container-")
         pod_id = self.pods[0]
-        container_id = self.critest.create_container(pod_id, self.configs[pod_id], container_config(
-            prefix, image, ["top"], labels=labels or {}))
+        config = framework.container_config(prefix, image, labels=labels or {})
+        container_id = self.critest.create_container(pod_id, self.configs[pod_id], config)
         if start:
             self.critest.start(container_id)
         return container_id
