@@ -342,7 +342,8 @@ def test_should_return_the_same_image_identifier_across_all_apis(
         filter=api_pb2.ContainerFilter(id=container_id))).containers
     assert container_status.image_id == image_ref, "ContainerStatus.image_id MUST match"
     assert listed.image_id == image_ref, "Container.image_id MUST match"
-    assert container_status.image_ref == image_ref  # the legacy field, as containerd fills it
+    # The legacy image_ref: "an image ID or digest" (CRI); crishim gives the id, containerd a repo digest.
+    assert container_status.image_ref == image_ref
     remove_container_and_pod(critest_node, pod_id, container_id)
     remove_image(ic, name)
 
