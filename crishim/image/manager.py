@@ -244,7 +244,7 @@ class ImageManager:
 
     async def close(self) -> None:
         for task in list(self._inflight.values()):
-            task.cancel()
+            self._abandon(task)
         await self._http.aclose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -476,14 +476,19 @@ class ImageManager:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if self._waiters[task] == 1 and not task.done():
-                self._abandoned.add(task)
-                task.cancel()
+                self._abandon(task)
                 await asyncio.wait([task])
             raise
         finally:
             self._waiters[task] -= 1
             if not self._waiters[task]:
                 del self._waiters[task]
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        """Cancel shared work once: a second cancellation would cut short the cleanup of the first."""
+        if task not in self._abandoned:
+            self._abandoned.add(task)
+            task.cancel()
 
     async def _config(self, client: RegistryClient, desc: dict[str, Any], stored: int | None) -> bytes:
         """The config's bytes (`stored`: the size of the stored blob, if any). Unless stored or on its
