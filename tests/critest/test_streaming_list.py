@@ -83,6 +83,12 @@ class StreamingLists:
         return container_id
 
 
+def test_streaming_list_specs_are_not_skipped(critest_node: CritestNode) -> None:
+    """The Describe's BeforeEach skips every spec for a runtime whose name contains "containerd"."""
+    version = critest_node.rc.Version(api_pb2.VersionRequest())
+    assert version.runtime_name and "containerd" not in version.runtime_name.lower()
+
+
 # --- pods -------------------------------------------------------------------------------------------
 
 def test_should_list_a_created_pod_via_streaming(lists: StreamingLists) -> None:
