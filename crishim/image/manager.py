@@ -201,6 +201,8 @@ class ImageManager:
         self._lock = asyncio.Lock()
         self._pins: collections.Counter[str] = collections.Counter()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._waiters: collections.Counter[asyncio.Future[Any]] = collections.Counter()
+        self._abandoned: set[asyncio.Future[Any]] = set()  # cancelled for want of waiters, still unwinding
         self._blob_fetches_ended = 0  # a count: a pull that looked before it changed looks again
         self._in_use: Callable[[str], bool] = lambda _image_id: False
         self._lock_fd: int | None = None
@@ -242,7 +244,7 @@ class ImageManager:
 
     async def close(self) -> None:
         for task in list(self._inflight.values()):
-            task.cancel()
+            self._abandon(task)
         await self._http.aclose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -450,6 +452,7 @@ class ImageManager:
 
             def done(t: asyncio.Future[T]) -> None:
                 self._inflight.pop(key, None)
+                self._abandoned.discard(t)
                 if key.startswith("blob:"):
                     self._blob_fetches_ended += 1
                 if not t.cancelled():
@@ -459,8 +462,33 @@ class ImageManager:
         return task
 
     async def _once(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
-        """Run `factory` once for concurrent callers asking for the same `key`."""
-        return await asyncio.shield(self._start_once(key, factory))
+        """Run `factory` once for concurrent callers asking for the same `key`. A caller cancelled (its
+        client gave up) leaves the work to the others; the last one's cancellation cancels it, as
+        containerd's pull ends with its request, and returns once it has unwound (what it leaves is
+        cleared): a retry then starts afresh rather than joining, say, a download stalled on a dead
+        connection."""
+        task = self._start_once(key, factory)
+        while task in self._abandoned:  # a newcomer while the last caller's cancellation unwinds
+            await asyncio.wait([task])
+            task = self._start_once(key, factory)
+        self._waiters[task] += 1
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._waiters[task] == 1 and not task.done():
+                self._abandon(task)
+                await asyncio.wait([task])
+            raise
+        finally:
+            self._waiters[task] -= 1
+            if not self._waiters[task]:
+                del self._waiters[task]
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        """Cancel shared work once: a second cancellation would cut short the cleanup of the first."""
+        if task not in self._abandoned:
+            self._abandoned.add(task)
+            task.cancel()
 
     async def _config(self, client: RegistryClient, desc: dict[str, Any], stored: int | None) -> bytes:
         """The config's bytes (`stored`: the size of the stored blob, if any). Unless stored or on its
@@ -532,14 +560,14 @@ class ImageManager:
         try:
             async with client.blob(digest, size) as chunks:
                 async for chunk in chunks:
-                    await asyncio.to_thread(ingest.take, chunk)
-            await asyncio.to_thread(ingest.commit)
+                    await _in_thread(ingest.take, chunk)
+            await _in_thread(ingest.commit)
             stored = True
             if unpacking is None:
                 return _Downloaded(size, None)
-            unpacked = await unpacking
+            unpacked = await asyncio.shield(unpacking)  # a cancellation waits for it below
             async with self._pinned([unpacked.diff_id]):  # no collection while the layer is named
-                named = await asyncio.to_thread(self.store.commit_layer, layer_tmp, unpacked.diff_id)
+                named = await _in_thread(self.store.commit_layer, layer_tmp, unpacked.diff_id)
                 self._layer_usage.setdefault(unpacked.diff_id, unpacked.usage)
             return _Downloaded(size, unpacked)
         finally:
@@ -565,9 +593,8 @@ class ImageManager:
             return
         tmp = self.store.layer_tmp(layer.diff_id)
         try:
-            usage = await asyncio.to_thread(unpack_layer, self.store.blob_path(layer.digest), tmp,
-                                            layer.diff_id)
-            await asyncio.to_thread(self.store.commit_layer, tmp, layer.diff_id)
+            usage = await _in_thread(unpack_layer, self.store.blob_path(layer.digest), tmp, layer.diff_id)
+            await _in_thread(self.store.commit_layer, tmp, layer.diff_id)
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
         self._layer_usage[layer.diff_id] = usage
@@ -782,6 +809,18 @@ class ImageManager:
             still_used.update(d for _rootfs, ids in self._rootfs.values() for d in ids)
             if not set(diff_ids) <= still_used:
                 await self._collect_locked()
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread. A cancellation waits for it to return before it goes on: the code
+    it unwinds (dropping an ingest, removing a scratch dir) never races a thread still writing there."""
+    work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        work.exception()  # retrieved: the cancellation is what goes on
+        raise
 
 
 class _Ingest:

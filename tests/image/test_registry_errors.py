@@ -25,7 +25,7 @@ from crishim.errors import FailedPrecondition, Unavailable
 from crishim.image import ImageManager
 from tests.harness import CrishimServer, poll, remove_root, run
 from tests.image.proxy import registry_proxy, registry_proxy_thread
-from tests.image.test_pull import stored
+from tests.image.test_pull import poll_async, stored
 from tests.image_fixtures import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -329,3 +329,40 @@ async def test_download_must_have_the_declared_size(manager: ImageManager, test_
         expected = f"sent more than the {declared} bytes the manifest declares for {what}"
     assert expected in str(err.value)
     assert_nothing_left(manager)
+
+
+# --- C: pulls given up by their callers ---------------------------------------------------------------
+
+
+async def test_a_pull_given_up_mid_download_stops_it_and_a_retry_starts_afresh(
+        manager: ImageManager, test_images: TestImages) -> None:
+    """A client whose deadline passes (critest's "public image should timeout if requested", kubelet
+    going away) cancels its pull: the download it alone waited for stops, leaving nothing, and a retry
+    fetches anew rather than joining a download stalled on a dead connection."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.stall_min_bytes = 100_000  # the busybox layer stalls half way until the proxy stops
+        ref = f"{proxy.host}/withuser:1"
+        pull = asyncio.ensure_future(manager.pull(ref))
+        await asyncio.wait_for(proxy.stalled.wait(), 10)
+        pull.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pull
+        assert_nothing_left(manager)
+        proxy.stall_min_bytes = 0
+        record = await asyncio.wait_for(manager.pull(ref), 10)
+        assert record.id == test_images.with_user.id
+
+
+async def test_a_download_shared_by_two_pulls_outlives_one_of_them(manager: ImageManager,
+                                                                 test_images: TestImages) -> None:
+    """The download goes on as long as one pull still waits for it, and is fetched only once."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.stall_min_bytes, proxy.stall_seconds = 100_000, 0.5
+        ref = f"{proxy.host}/withuser:1"
+        first = asyncio.ensure_future(manager.pull(ref))
+        await asyncio.wait_for(proxy.stalled.wait(), 10)
+        second = asyncio.ensure_future(manager.pull(ref))
+        await poll_async(lambda: 2 in manager._waiters.values(), what="the second pull to join")
+        first.cancel()
+        assert (await asyncio.wait_for(second, 10)).id == test_images.with_user.id
+        assert proxy.requests[f"/v2/withuser/blobs/{test_images.base_layer.digest}"] == 1

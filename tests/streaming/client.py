@@ -90,10 +90,11 @@ async def read_all(stream: spdy.Stream | None) -> bytes:
 
 async def spdy_remotecommand(url: str, *, stdin: bytes | None = None, stdout: bool = True,
                              stderr: bool = False, tty: bool = False, size: tuple[int, int] | None = None,
-                             protocol: str = "v4.channel.k8s.io",
+                             protocol: str | list[str] = "v4.channel.k8s.io",
                              keep_stdin_open: bool = False) -> Result:
-    """Run one exec/attach the way client-go's v4 protocol does: error stream first, then the rest."""
-    answer, session = await spdy_connect(url, [protocol])
+    """Run one exec/attach the way client-go's v4 protocol does: error stream first, then the rest.
+    `protocol` may be the list client-go offers, in its order of preference."""
+    answer, session = await spdy_connect(url, [protocol] if isinstance(protocol, str) else protocol)
     assert session is not None, answer
     try:
         error = await session.open_stream({"streamType": "error"})
