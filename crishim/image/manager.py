@@ -277,6 +277,21 @@ class ImageManager:
                 return found[0]
         return None
 
+    def digested_ref(self, image_id: str, name: str = "") -> str:
+        """What ContainerStatus.image_ref reports, as containerd does (kubelet shows it as the pod's
+        `imageID`): a repo digest of the image, the one in `name`'s repository first; else the id (an
+        image stored with no digest, or removed since)."""
+        record = self._images.get(image_id)
+        if record is None or not record.repo_digests:
+            return image_id
+        if len(record.repo_digests) > 1:
+            with contextlib.suppress(InvalidArgument):
+                repository = f"{reference.parse(name).name}@"
+                for digested in record.repo_digests:
+                    if digested.startswith(repository):
+                        return digested
+        return record.repo_digests[0]
+
     def list(self, filter_ref: str = "") -> list[ImageRecord]:
         if filter_ref:
             record = self.get(filter_ref)

@@ -228,11 +228,13 @@ def _supplemental_groups(c: Container) -> list[int]:
     return list(dict.fromkeys([c.gid, *c.additional_gids]))
 
 
-def to_status(c: Container) -> api_pb2.ContainerStatus:
+def to_status(c: Container, image_ref: str) -> api_pb2.ContainerStatus:
+    """`image_ref`: the image's digested reference (`ImageManager.digested_ref`), where
+    Container.image_ref and image_id hold the id."""
     return api_pb2.ContainerStatus(
         id=c.id, metadata=_metadata(c), state=STATES[c.state], created_at=c.created_at,
         started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
-        image=api_pb2.ImageSpec(image=c.spec.image), image_ref=c.image_id, image_id=c.image_id,
+        image=api_pb2.ImageSpec(image=c.spec.image), image_ref=image_ref, image_id=c.image_id,
         reason=c.reason, message=c.message, labels=c.spec.labels,
         annotations=c.spec.annotations,
         mounts=[_mount_to(m) for m in c.spec.mounts],

@@ -11,7 +11,8 @@ class ContainerStatusMixin(ServicerBase):
     async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest,
                               context: Any) -> api_pb2.ContainerStatusResponse:
         container = await self.runtime.containers.status(request.container_id)
-        response = api_pb2.ContainerStatusResponse(status=to_status(container))
+        image_ref = self.runtime.images.digested_ref(container.image_id, container.spec.image)
+        response = api_pb2.ContainerStatusResponse(status=to_status(container, image_ref))
         if request.verbose:
             response.info.update(verbose_info(container))
         return response

@@ -33,12 +33,19 @@ class Sandboxes:
         return self.pod
 
 
+TAGGED = "docker.io/library/busybox:latest"
+REPO_DIGEST = "docker.io/library/busybox@sha256:" + "cd" * 32
+
+
 @dataclass
 class Images:
     image: Image
 
     def get(self, ref: str) -> Image | None:
-        return self.image if ref == "docker.io/library/busybox:latest" else None
+        return self.image if ref == TAGGED else None
+
+    def digested_ref(self, image_id: str, name: str = "") -> str:
+        return REPO_DIGEST if image_id == self.image.id and name == TAGGED else image_id
 
 
 @dataclass
@@ -105,7 +112,8 @@ async def test_container_rpcs(env: Env, pod: Pod, tmp_path: Path) -> None:
         container_id=cid, verbose=True), None))
     st = status.status
     assert st.state == api_pb2.CONTAINER_RUNNING
-    assert st.image.image == "docker.io/library/busybox:latest" and st.image_ref == IMAGE.id
+    assert st.image.image == "docker.io/library/busybox:latest" and st.image_ref == REPO_DIGEST
+    assert st.image_id == IMAGE.id
     assert st.log_path == f"{pod.sandbox.spec.log_directory}/cap-ctr/0.log"
     assert st.resources.linux.memory_limit_in_bytes == 128 << 20
     assert [m.container_path for m in st.mounts] == ["/data", "/etc/cap-ro"]

@@ -155,7 +155,7 @@ def test_status_reports_the_process_user() -> None:
         c = Container(id="x", sandbox_id="s", spec=ContainerSpec(name="c", security=SecurityContext()),
                       image_id="i", runtime_handler="runc", dir="/d", log_path="", created_at=0,
                       uid=1000, gid=gid, additional_gids=additional)
-        user = to_status(c).user.linux
+        user = to_status(c, c.image_id).user.linux
         assert (user.uid, user.gid) == (1000, gid)
         return list(user.supplemental_groups)
 

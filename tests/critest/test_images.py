@@ -342,8 +342,9 @@ def test_should_return_the_same_image_identifier_across_all_apis(
         filter=api_pb2.ContainerFilter(id=container_id))).containers
     assert container_status.image_id == image_ref, "ContainerStatus.image_id MUST match"
     assert listed.image_id == image_ref, "Container.image_id MUST match"
-    # The legacy image_ref: "an image ID or digest" (CRI); crishim gives the id, containerd a repo digest.
-    assert container_status.image_ref == image_ref
+    # The legacy image_ref, which kubelet shows as the pod's imageID: a repo digest, as containerd gives.
+    assert container_status.image_ref in status.repo_digests, (container_status.image_ref, status)
+    assert listed.image_ref == image_ref  # ListContainers' is the id, as containerd's
     remove_container_and_pod(critest_node, pod_id, container_id)
     remove_image(ic, name)
 
@@ -363,6 +364,10 @@ def test_should_return_the_same_image_identifier_when_pulled_from_different_regi
     container_status = critest_node.rc.ContainerStatus(api_pb2.ContainerStatusRequest(
         container_id=container_id)).status
     assert container_status.image_id == ref1, "ContainerStatus.image_id MUST match the first pull's id"
+    # The repo digest in the repository the container names, though the image has one in each.
+    assert len(status2.repo_digests) == 2
+    assert container_status.image_ref == next(d for d in status2.repo_digests
+                                               if d.startswith(name2.rsplit(":", 1)[0] + "@"))
     remove_container_and_pod(critest_node, pod_id, container_id)
     remove_image(ic, name1)
     remove_image(ic, name2)
