@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from crishim.api.runtime.v1 import api_pb2
+from tests.container import hostserver
 from tests.harness import CrishimServer
 
 UID_PREFIX = "cri-test-uid"
@@ -60,12 +61,10 @@ def container_config(prefix: str, image: str, command: tuple[str, ...] = CONTAIN
 
 def create_container(server: CrishimServer, pod_id: str, pod: api_pb2.PodSandboxConfig,
                      config: api_pb2.ContainerConfig) -> str:
-    return str(server.runtime().CreateContainer(api_pb2.CreateContainerRequest(
-        pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id)
+    return hostserver.create(server, (pod_id, pod), config)
 
 
-def start_container(server: CrishimServer, container_id: str) -> None:
-    server.runtime().StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+start_container = hostserver.start
 
 
 def exec_sync(server: CrishimServer, container_id: str, *cmd: str) -> api_pb2.ExecSyncResponse:
