@@ -375,14 +375,8 @@ class ImageManager:
             stored = await asyncio.to_thread(self._stored_sizes, descs)
 
             async def stored_size(index: int) -> int | None:
-                """What that look found for `descs[index]`, looked at again when a blob's fetch has ended
-                since (it may have stored this one), so no pull fetches a blob another just stored. The
-                caller starts its fetch without awaiting anything in between."""
-                seen, size = ended, stored[index]
-                while size is None and seen != self._blob_fetches_ended:
-                    seen = self._blob_fetches_ended
-                    size = await asyncio.to_thread(self._stored_size, descs[index]["digest"])
-                return size
+                """What that look found for `descs[index]`, brought up to date (`_look_again`)."""
+                return await self._look_again(descs[index]["digest"], ended, stored[index])
 
             async def known() -> tuple[bytes, list[Layer]]:
                 spec_bytes = await self._config(client, config_desc, await stored_size(0))
@@ -536,10 +530,21 @@ class ImageManager:
     def _stored_sizes(self, descs: Iterable[dict[str, Any]]) -> builtins.list[int | None]:
         return [self._stored_size(desc["digest"]) for desc in descs]
 
+    async def _look_again(self, digest: str, seen: int, size: int | None) -> int | None:
+        """`size`: what a look at `digest`'s blob found, started when `seen` blob fetches had ended. Looked
+        at again while more have ended since (one may have stored it as the look ran), so a caller that
+        starts its fetch right after, awaiting nothing in between, never fetches a blob that another pull
+        has just stored."""
+        while size is None and seen != self._blob_fetches_ended:
+            seen = self._blob_fetches_ended
+            size = await asyncio.to_thread(self._stored_size, digest)
+        return size
+
     async def _ensure_blob(self, client: RegistryClient, desc: dict[str, Any]) -> None:
         """Download the blob unless stored; either way its size must be the one `desc` declares."""
         digest, size = desc["digest"], desc["size"]
-        stored = await asyncio.to_thread(self._stored_size, digest)
+        seen = self._blob_fetches_ended
+        stored = await self._look_again(digest, seen, await asyncio.to_thread(self._stored_size, digest))
         if stored is None:
             await self._once(f"blob:{digest}", lambda: self._download(client, digest, size))
             stored = (await asyncio.to_thread(self.store.blob_path(digest).stat)).st_size

@@ -153,6 +153,41 @@ async def test_concurrent_pulls_fetch_each_blob_once(manager: ImageManager,
         assert manager.get(ref) is records[0]
 
 
+class FetchRefused:
+    """A registry client for a pull that must fetch nothing."""
+
+    endpoint = Endpoint(url="http://refused.invalid", verify=True, is_mirror=False)
+
+    def blob(self, digest: str, size: int) -> None:
+        raise AssertionError(f"{digest} was fetched again")
+
+
+async def test_a_blob_stored_while_a_pull_looked_for_it_is_not_fetched_again(
+        manager: ImageManager) -> None:
+    """The race behind a rare extra fetch in the test above: a pull looks for a blob (in a thread) while
+    another pull's store of it ends. The look finds nothing, and the store is no longer in flight to be
+    joined: the pull must look again, not fetch."""
+    data = b'{"architecture": "amd64"}'
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    key = f"blob:{digest}"
+    manager._start_once(key, lambda: asyncio.to_thread(manager.store.put_blob, digest, data))
+    real_look, looks = manager._stored_size, []
+
+    def look_that_ran_before_the_store_ended(blob: str) -> int | None:
+        looks.append(blob)
+        if len(looks) > 1:
+            return real_look(blob)
+        deadline = time.monotonic() + 10
+        while key in manager._inflight:  # the store ends, and its end is counted, during this look
+            assert time.monotonic() < deadline, "the store did not end"
+            time.sleep(0.001)
+        return None
+
+    manager._stored_size = look_that_ran_before_the_store_ended  # type: ignore[method-assign]
+    await manager._ensure_blob(FetchRefused(), {"digest": digest, "size": len(data)})  # type: ignore[arg-type]
+    assert looks == [digest, digest]
+
+
 async def test_concurrent_removes(manager: ImageManager, test_images: TestImages) -> None:
     record = await manager.pull(test_images.tagged[0])
     await manager.pull(test_images.tagged[1])
