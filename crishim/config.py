@@ -82,6 +82,11 @@ class Config:
     log_format: str = "text"
     # Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.
     shutdown_grace: float = 10.0
+    # Seconds a client connection may stay without a call before crishim closes it: a CRI connection
+    # without an RPC in flight (or without its HTTP/2 preface), an admin one without its request line.
+    # Abandoned and stalled clients do not hold descriptors forever; kubelet and crictl reconnect by
+    # themselves when they next call.
+    connection_idle_timeout: float = 120.0
     cni: CNISection = field(default_factory=CNISection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     images: ImagesSection = field(default_factory=ImagesSection)
@@ -150,14 +155,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("run_dir: must differ from state_dir (one is 0711, the other 0700)")
     if not cfg.cni.bin_dirs:
         raise ConfigError("cni.bin_dirs: must name at least one directory")
-    if cfg.cni.plugin_timeout <= 0:
-        raise ConfigError("cni.plugin_timeout: must be positive")
-    if cfg.images.pull_progress_timeout <= 0:
-        raise ConfigError("images.pull_progress_timeout: must be positive")
+    timeouts = {"connection_idle_timeout": cfg.connection_idle_timeout,
+                "cni.plugin_timeout": cfg.cni.plugin_timeout,
+                "images.pull_progress_timeout": cfg.images.pull_progress_timeout,
+                "streaming.idle_timeout": cfg.streaming.idle_timeout}
+    for key, seconds in timeouts.items():
+        if seconds <= 0:
+            raise ConfigError(f"{key}: must be positive")
     if not 0 <= cfg.streaming.port <= 65535:
         raise ConfigError("streaming.port: must be between 0 and 65535")
-    if cfg.streaming.idle_timeout <= 0:
-        raise ConfigError("streaming.idle_timeout: must be positive")
 
 
 def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -41,6 +41,7 @@ def test_version_and_help() -> None:
     ('[images]\npull_progress_timeout = 0', "images.pull_progress_timeout"),
     ('[images]\npull_progress_timeout = "5m"', "images.pull_progress_timeout"),
     ('[streaming]\nidle_timeout = 0', "streaming.idle_timeout"),
+    ('connection_idle_timeout = -1', "connection_idle_timeout"),
     ('socket = "relative.sock"', "socket"),
     ('state_dir = "/var/lib/"', "state_dir"),
     ('run_dir = "/run"', "run_dir"),

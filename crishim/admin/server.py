@@ -27,7 +27,6 @@ from crishim.image.archive import ImportCancelled, ImportMonitor
 
 log = logging.getLogger(__name__)
 
-_REQUEST_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 10.0
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
@@ -104,9 +103,10 @@ class FrameStream(io.RawIOBase):
 
 
 class AdminServer:
-    def __init__(self, path: Path, images: ImageManager) -> None:
+    def __init__(self, path: Path, images: ImageManager, request_timeout: float) -> None:
         self.path = path
         self.images = images
+        self.request_timeout = request_timeout  # for the request line: a silent client is let go
         self._server: asyncio.Server | None = None
         self._calls: dict[asyncio.Task[None], tuple[ImportMonitor, asyncio.StreamWriter]] = {}
 
@@ -146,10 +146,10 @@ class AdminServer:
                                "code": "PermissionDenied"})
                 return
             try:
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                async with asyncio.timeout(self.request_timeout):
                     request = await reader.readline()
             except (TimeoutError, ValueError) as exc:  # ValueError: a line over the stream's limit
-                raise InvalidArgument(f"no request line within {_REQUEST_TIMEOUT:.0f}s and "
+                raise InvalidArgument(f"no request line within {self.request_timeout:g}s and "
                                       f"{MAX_FRAME} bytes") from exc
             call = _call(request)
             if call != CALL_IMPORT:

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # kubelet sends PodSandboxStatus of every pod plus full lists; the default 4 MiB is too small at scale.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# RPCs one connection may have in flight; further ones wait in the client. Without a limit a client that
+# opens streams and never reads their answers grows the server without bound, and past a few thousand
+# such streams grpc starts cancelling the calls of every other client. kubelet stays far below this.
+MAX_CONCURRENT_STREAMS = 1000
 
 
 class AlreadyServing(Exception):
@@ -103,12 +107,16 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     _use_pidfd_child_watcher()
     runtime = Runtime(config)
     await runtime.start()
-    admin = AdminServer(admin_path, runtime.images)
+    admin = AdminServer(admin_path, runtime.images, config.connection_idle_timeout)
     await admin.start()
+    idle_ms = round(config.connection_idle_timeout * 1000)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.max_connection_idle_ms", idle_ms),
+            ("grpc.server_handshake_timeout_ms", idle_ms),
         ]
     )
     server.add_generic_rpc_handlers(cri_handlers(runtime))
