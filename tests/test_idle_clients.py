@@ -13,11 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import grpc
 import pytest
 
+from crishim.admin import admin_socket_path
+from crishim.admin.protocol import FRAME_HEADER, line
 from crishim.api.runtime.v1 import api_pb2
 from crishim.server.app import MAX_CONCURRENT_STREAMS
 from tests.harness import CrishimServer, poll
+from tests.image.test_import_running import crishim_import, store_leftovers
+from tests.image_fixtures import TestImages
 
 pytestmark = pytest.mark.root
 
@@ -141,3 +146,37 @@ def test_a_client_that_never_reads_answers_cannot_pile_up_streams(server: Crishi
         reader.join(10)
     answers_promptly(server)
 
+
+# ---- the admin socket ------------------------------------------------------------------------------
+
+def test_stalled_admin_clients_hold_neither_threads_nor_descriptors(
+        server_factory: Callable[..., CrishimServer], test_images: TestImages) -> None:
+    """Silent clients and clients stopped inside their request line are answered at the timeout; clients
+    stopped inside an archive (here until they leave: the progress timeout is minutes) cost a thread each
+    but not one of the pool every RPC shares, which a handful of them used to fill."""
+    server = server_factory(connection_idle_timeout=1.0)
+    baseline = open_fds(server)
+    request = line({"call": "import"})
+    silent: list[socket.socket] = []
+    importing: list[socket.socket] = []
+    try:
+        for i in range(30):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(admin_socket_path(server.root / "run")))
+            (silent if i % 3 else importing).append(sock)
+            sock.sendall([request + FRAME_HEADER.pack(1 << 16)[:2], b"", request[:5]][i % 3])
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as unreachable:  # the registry's host config is read on a thread
+            server.images().PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="127.0.0.1:1/x:1")),
+                                      timeout=5)
+        assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() - start < 2
+        assert crishim_import(server, str(test_images.layout), timeout=30).stdout.split()
+        for sock in silent:
+            sock.settimeout(10)
+            answer = sock.makefile().readline()
+            assert '"no request line within 1s' in answer and "InvalidArgument" in answer, answer
+    finally:
+        for sock in silent + importing:
+            sock.close()
+    poll(lambda: store_leftovers(server) == [], what="the abandoned imports' scratch to go")
+    poll(lambda: open_fds(server) <= baseline, what="the admin connections' descriptors to be released")

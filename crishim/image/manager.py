@@ -44,6 +44,7 @@ from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
 from crishim.image.store import INDEX_VERSION, WRITEBACK_STEP, Store, sha256_digest, start_writeback
 from crishim.image.unpack import DiskUsage, Feed, Unpacked, disk_usage, unpack_fed, unpack_layer
+from crishim.sandbox.namespaces import run_in_thread
 from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
 
@@ -663,7 +664,10 @@ class ImageManager:
         monitor = monitor or ImportMonitor()
         scratch = self.store.ingest / f"import-{secrets.token_hex(8)}"
         try:
-            found = await asyncio.to_thread(read_archive, source, scratch, choose_platform, monitor)
+            # A thread of its own, not the loop's shared pool: a stream is paced by its client, and a few
+            # stalled clients would otherwise hold every pooled thread (and with them every RPC that needs
+            # one) for the progress timeout.
+            found = await run_in_thread(lambda: read_archive(source, scratch, choose_platform, monitor))
             what = f"image in {source}" if isinstance(source, Path) else "image in the archive stream"
             return [await self._import_one(image, what, scratch, monitor) for image in found]
         except BaseException:

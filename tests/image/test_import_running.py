@@ -38,8 +38,9 @@ def import_command(server: CrishimServer, archive: str) -> list[str]:
     return [sys.executable, "-m", "crishim", "--config", str(server.config_path), "images", "import", archive]
 
 
-def crishim_import(server: CrishimServer, archive: str) -> subprocess.CompletedProcess[str]:
-    return run(import_command(server, archive), cwd=REPO)
+def crishim_import(server: CrishimServer, archive: str, timeout: float | None = None
+                   ) -> subprocess.CompletedProcess[str]:
+    return run(import_command(server, archive), cwd=REPO, timeout=timeout)
 
 
 def crishim_import_stdin(server: CrishimServer, data: bytes, check: bool = True
