@@ -18,6 +18,7 @@ import pytest
 
 from crishim.api.runtime.v1 import api_pb2
 from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces
+from crishim.streaming import spdy
 from crishim.streaming.server import HEADER_TIMEOUT
 from tests.container.ctrutil import wait_until
 from tests.harness import REPO, CrishimServer, TestNode, poll, run
@@ -162,6 +163,59 @@ async def test_idle_sessions_are_closed_and_busy_ones_kept(stack: Stack) -> None
         await wait_until(lambda: not pids_running(marker), what="the idle session's process to be killed")
     finally:
         ws.abort()
+
+
+def written(pid: int) -> int:
+    """Bytes the process has written so far (what crishim has had to take from its output pipe)."""
+    line = next(text for text in Path(f"/proc/{pid}/io").read_text().splitlines() if text.startswith("wchar"))
+    return int(line.split()[1])
+
+
+async def test_a_client_that_never_reads_output_stalls_only_its_own_session(stack: Stack) -> None:
+    """The process writes 256 MiB that nobody reads: crishim holds a bounded part of it (the process waits
+    on its pipe) and serves other sessions meanwhile."""
+    c = await stack.run("main", "sleep 3600")
+    marker = b"head\x00-c\x00268435457\x00/dev/zero\x00"
+    flood = stack.server.exec_url(c.id, ["head", "-c", "268435457", "/dev/zero"], stdin=False, stdout=True,
+                                  stderr=False, tty=False)
+    _, session = await spdy_connect(flood, [V4])
+    assert session is not None
+    try:
+        await session.open_stream({"streamType": "error"})
+        await session.open_stream({"streamType": "stdout"})  # never read
+        (pid,) = await wait_until(lambda: pids_running(marker), what="the exec'd head to start")
+        await wait_until(lambda: written(pid) > 1 << 20, what="the output to flow")
+        for i in range(3):
+            url = stack.server.exec_url(c.id, ["echo", "-n", f"other {i}"], stdin=False, stdout=True,
+                                        stderr=False, tty=False)
+            result = await asyncio.wait_for(spdy_remotecommand(url), 10)
+            assert (result.stdout, result.exit_code) == (f"other {i}".encode(), 0)
+        assert pids_running(marker) == [pid] and written(pid) < 64 << 20
+    finally:
+        await session.close()
+    await wait_until(lambda: not pids_running(marker), what="the abandoned session's process to end")
+
+
+
+async def test_a_session_stopped_inside_a_frame_is_dropped_at_the_idle_timeout(stack: Stack) -> None:
+    """Half a frame header is no traffic: the session ends and its process with it."""
+    stack.server.config.idle_timeout = 1.5
+    c = await stack.run("main", "sleep 3600")
+    marker = b"sleep\x004245\x00"
+    url = stack.server.exec_url(c.id, ["sleep", "4245"], stdin=True, stdout=True, stderr=False, tty=False)
+    _, session = await spdy_connect(url, [V4])
+    assert session is not None
+    try:
+        await session.open_stream({"streamType": "error"})
+        await session.open_stream({"streamType": "stdin"})
+        await session.open_stream({"streamType": "stdout"})
+        await wait_until(lambda: pids_running(marker), what="the exec'd sleep to start")
+        assert isinstance(session.transport, spdy.StreamTransport)
+        session.transport.writer.write(b"\x00\x00\x00")  # the start of a DATA frame's header, no more
+        await wait_until(session.closed.is_set, what="the stalled session to be closed")
+        await wait_until(lambda: not pids_running(marker), what="the stalled session's process to be killed")
+    finally:
+        await session.close()
 
 
 # ---- a whole crishim under a low open-files limit ------------------------------------------------
