@@ -575,8 +575,11 @@ class ImageManager:
         following one another, and none waits for the image config."""
         ingest = _Ingest(self.store, digest, client.endpoint.url, Feed() if unpack else None)
         layer_tmp = self.store.layer_tmp(digest)
-        unpacking = None if ingest.feed is None else \
-            asyncio.ensure_future(asyncio.to_thread(unpack_fed, ingest.feed, layer_tmp, digest))
+        feed = ingest.feed
+        # A thread of its own, not the shared pool: it waits on the registry, and a few registries that
+        # stall (or trickle) would otherwise hold every pooled thread, and every RPC that needs one.
+        unpacking = None if feed is None else \
+            asyncio.ensure_future(run_in_thread(lambda: unpack_fed(feed, layer_tmp, digest)))
         stored = named = False
         try:
             async with client.blob(digest, size) as chunks:
@@ -664,9 +667,8 @@ class ImageManager:
         monitor = monitor or ImportMonitor()
         scratch = self.store.ingest / f"import-{secrets.token_hex(8)}"
         try:
-            # A thread of its own, not the loop's shared pool: a stream is paced by its client, and a few
-            # stalled clients would otherwise hold every pooled thread (and with them every RPC that needs
-            # one) for the progress timeout.
+            # A thread of its own, not the shared pool: a stream is paced by its client (as a layer by
+            # its registry, see _download).
             found = await run_in_thread(lambda: read_archive(source, scratch, choose_platform, monitor))
             what = f"image in {source}" if isinstance(source, Path) else "image in the archive stream"
             return [await self._import_one(image, what, scratch, monitor) for image in found]

@@ -11,7 +11,10 @@ import json
 import shutil
 import ssl
 import subprocess
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,33 @@ async def test_stall_fails_naming_registry_blob_and_bytes(manager: ImageManager,
         assert_nothing_left(manager)
         proxy.stall_min_bytes = 0
         assert (await manager.pull(ref)).id == test_images.with_user.id
+
+
+
+
+def threads_running(function: str) -> list[str]:
+    """The names of the threads with `function` on their stack."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return [names.get(ident, "?") for ident, frame in sys._current_frames().items()
+            if any(f.f_code.co_name == function for f, _ in traceback.walk_stack(frame))]
+
+
+async def test_a_stalled_layer_waits_on_a_thread_outside_the_shared_pool(manager: ImageManager,
+                                                                          test_images: TestImages) -> None:
+    """A layer is unpacked as it arrives, on a thread that waits on the registry. On a thread of the loop's
+    pool (min(32, cpus + 4) threads) a few stalled registries held all of them and every call that needs
+    one, and more layers in flight than the pool has threads deadlocked every pull (their data is handed
+    over on that pool: a 3-layer pull never ended with a 2-thread pool)."""
+    async with registry_proxy(test_images.registry.url) as proxy:
+        proxy.stall_min_bytes = 100_000  # the busybox layer; pauses until the proxy stops
+        pull = asyncio.create_task(manager.pull(f"{proxy.host}/withuser:1"))
+        await asyncio.wait_for(proxy.stalled.wait(), 10)
+        await poll_async(lambda: threads_running("unpack_fed"), what="the layer's unpacking to start")
+        unpacking = threads_running("unpack_fed")
+        assert not any(name.startswith("asyncio_") for name in unpacking), unpacking
+        pull.cancel()
+        await asyncio.gather(pull, return_exceptions=True)
+    assert_nothing_left(manager)
 
 
 def test_progress_timeout_from_the_config_file(tmp_path: Path, test_images: TestImages) -> None:
