@@ -19,7 +19,7 @@ import pytest
 from crishim.admin import admin_socket_path
 from crishim.admin.protocol import FRAME_HEADER, line
 from crishim.api.runtime.v1 import api_pb2
-from crishim.server.app import MAX_CONCURRENT_STREAMS
+from crishim.server.app import MAX_CONCURRENT_STREAMS, MAX_MESSAGE_BYTES
 from tests.harness import CrishimServer, poll
 from tests.image.test_import_running import crishim_import, store_leftovers
 from tests.image_fixtures import TestImages
@@ -144,6 +144,22 @@ def test_a_client_that_never_reads_answers_cannot_pile_up_streams(server: Crishi
         assert frame_kinds(bytes(received))[HEADERS] <= MAX_CONCURRENT_STREAMS
         sock.shutdown(socket.SHUT_RDWR)
         reader.join(10)
+    answers_promptly(server)
+
+
+
+def test_a_request_over_the_message_limit_is_refused_alone(server: CrishimServer) -> None:
+    """kubelet's lists may reach 16 MiB (not grpc's default 4); more is refused without harm to anyone."""
+    rt = server.runtime()
+
+    def list_with_selector(size: int) -> api_pb2.ListContainersResponse:
+        selector = api_pb2.ContainerFilter(label_selector={"k": "v" * size})
+        return rt.ListContainers(api_pb2.ListContainersRequest(filter=selector), timeout=10)
+
+    assert list(list_with_selector(12 << 20).containers) == []
+    with pytest.raises(grpc.RpcError) as refused:
+        list_with_selector(MAX_MESSAGE_BYTES)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     answers_promptly(server)
 
 
