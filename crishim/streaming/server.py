@@ -475,9 +475,10 @@ def _connector(sandbox: Sandbox) -> portforward.Connector:
     netns = sandbox.netns_path
 
     async def connect(port: int) -> socket.socket:
+        # A thread of its own either way, not the loop's pool: a connect can wait CONNECT_TIMEOUT (a port
+        # that drops SYNs), and a client may ask for many at once.
         if sandbox.spec.host_network or not netns:
-            sock = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port),
-                                           CONNECT_TIMEOUT)
+            sock = await run_in_thread(lambda: socket.create_connection(("127.0.0.1", port), CONNECT_TIMEOUT))
         else:
             sock = await run_in_thread(lambda: _connect_in_netns(netns, port))
         sock.setblocking(False)

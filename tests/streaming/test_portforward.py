@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 
 import pytest
 
 from crishim.sandbox.model import NamespaceMode
 from crishim.streaming import spdy
 from crishim.streaming.websocket import WebSocketTransport
-from tests.streaming.client import spdy_connect, spdy_port_forward, ws_connect
+from tests.streaming.client import read_all, spdy_connect, spdy_port_forward, ws_connect
 from tests.streaming.conftest import Stack
 
 pytestmark = pytest.mark.root
@@ -104,3 +105,33 @@ async def test_port_forward_to_a_host_network_pod(stack: Stack) -> None:
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_connections_to_a_host_port_that_does_not_answer_hold_no_pooled_thread(stack: Stack) -> None:
+    """A port whose accept queue is full drops our SYNs: each connect waits for its timeout. That wait is on
+    a thread of its own: on the loop's pool, a few such streams held every thread, and every call that
+    needs one, for CONNECT_TIMEOUT."""
+    deaf = socket.create_server(("127.0.0.1", 0), backlog=0)  # accepts nothing
+    port = deaf.getsockname()[1]
+    queued = [socket.create_connection(("127.0.0.1", port), timeout=1)]  # the queue (of one) is full
+    pod = stack.pod.sandbox
+    host_pod = dataclasses.replace(pod, id="host" + pod.id[4:], netns_path="",
+                                   spec=dataclasses.replace(pod.spec, network_mode=NamespaceMode.NODE))
+    stack.sandboxes.items[host_pod.id] = host_pod
+    session = await _session(stack.server.port_forward_url(host_pod.id, [port]))
+    try:
+        try:
+            errors = []
+            for request_id in range(12):
+                headers = {"port": str(port), "requestID": str(request_id)}
+                errors.append(await session.open_stream({"streamType": "error", **headers}))
+                await session.open_stream({"streamType": "data", **headers})
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "pooled"), 2) == "pooled"
+        finally:
+            for sock in [*queued, deaf]:
+                sock.close()
+        # The connects now fail at once: each stream reports it, and no connecting thread outlives the test.
+        reports = await asyncio.wait_for(asyncio.gather(*(read_all(error) for error in errors)), 20)
+        assert all(b"127.0.0.1" in report or str(port).encode() in report for report in reports), reports
+    finally:
+        await session.close()
