@@ -44,9 +44,9 @@ from crishim.image.registry_config import load_host_config
 from crishim.image.rootfs import Rootfs
 from crishim.image.store import INDEX_VERSION, WRITEBACK_STEP, Store, sha256_digest, start_writeback
 from crishim.image.unpack import DiskUsage, Feed, Unpacked, disk_usage, unpack_fed, unpack_layer
-from crishim.sandbox.namespaces import run_in_thread
 from crishim.store import write_bytes_atomic
 from crishim.telemetry import observe_pull
+from crishim.threads import run_in_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -50,11 +50,11 @@ from crishim.sandbox.namespaces import (
     on_tmpfs,
     pin,
     release,
-    run_in_thread,
     unmount,
 )
 from crishim.sandbox.validate import USERNS_FIELD, validate_metadata, validate_spec
 from crishim.store import RecordLog, Syncer
+from crishim.threads import run_in_thread
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ import re
 import socket
 import struct
 import subprocess
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TypeVar
 
 from crishim.errors import InvalidArgument
 from crishim.limits import shown
+from crishim.threads import run_in_thread
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
@@ -90,28 +90,6 @@ def mounts_below(path: str) -> list[str]:
         if target.startswith(prefix):
             targets.append(target)
     return sorted(targets, key=len, reverse=True)
-
-
-def run_in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """Run `fn` on a new thread that exits afterwards, whatever namespaces it ended up in."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(setter: Callable[[], None]) -> None:
-        if not future.done():
-            setter()
-
-    def body() -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # delivered to the awaiting coroutine
-            error = exc
-            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
-        else:
-            loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
-
-    threading.Thread(target=body, name="crishim-ns", daemon=True).start()
-    return future
 
 
 def _bring_up_loopback() -> None:

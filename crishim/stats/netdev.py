@@ -2,14 +2,15 @@
 
 /proc/net/dev shows the namespace of the reading task; /proc/self follows the process (whose main thread
 stays in the node's namespace), so the read goes through /proc/thread-self on a fresh thread that joined
-the pod's namespace and ends afterwards (see sandbox.namespaces.run_in_thread).
+the pod's namespace and ends afterwards (see crishim.threads.run_in_thread).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces, run_in_thread
+from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces
+from crishim.threads import run_in_thread
 
 
 @dataclass(frozen=True)

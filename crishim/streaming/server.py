@@ -24,13 +24,14 @@ from crishim.container.model import Container, ContainerState
 from crishim.container.oci import RuntimeHandler
 from crishim.container.ocispec import exec_process
 from crishim.sandbox.model import Sandbox, SandboxState
-from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces, run_in_thread
+from crishim.sandbox.namespaces import PodNamespaces, enter_namespaces
 from crishim.streaming import portforward, protocol, spdy
 from crishim.streaming.channels import Channels, Options, SpdyChannels, WebSocketChannels
 from crishim.streaming.idle import IdleWatch
 from crishim.streaming.protocol import BadRequest, Request
 from crishim.streaming.stdio import AttachTarget, ExecTarget, pump
 from crishim.streaming.websocket import WebSocket, WebSocketTransport, accept_key
+from crishim.threads import run_in_thread
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import cni
-from crishim.sandbox.namespaces import CLONE_NEWNET, run_in_thread
+from crishim.sandbox.namespaces import CLONE_NEWNET
 from crishim.telemetry import (
     MetricsServer,
     observe_cni_call,
@@ -25,6 +25,7 @@ from crishim.telemetry import (
     track_states,
 )
 from crishim.telemetry.endpoint import AddressError
+from crishim.threads import run_in_thread
 
 T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
