@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from crishim.container import apparmor, crilog, userns
+from crishim.container import apparmor, crilog, exec_cgroup, userns
 from crishim.container import conmon as conmon_mod
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
@@ -810,6 +810,24 @@ class ContainerManager:
                 self._watch(c)
             else:
                 await self._refresh(c, conmon_gone=True)
+        await self._reap_execs()
+
+    async def _reap_execs(self) -> None:
+        """An ExecSync an earlier crishim ran when it died has no caller any more: what it started is
+        killed and its bundle removed (no exec of this process has begun yet)."""
+        for work in await asyncio.to_thread(lambda: list(self.exec_dir.iterdir())):
+            owner = next((c for c in self._containers.values() if work.name.startswith(f"{c.id[:16]}-exec-")),
+                         None)
+            if owner is not None:
+                try:
+                    config = await asyncio.to_thread(read_json, Path(owner.dir) / "config.json")
+                except FileNotFoundError:
+                    pass
+                else:
+                    await asyncio.to_thread(exec_cgroup.reap, config["linux"]["cgroupsPath"], work.name,
+                                            KILL_WAIT)
+            log.warning("removing an exec interrupted by a crash", extra={"exec": work.name})
+            await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / work.name)
 
     async def _resume_log_copy(self, c: Container) -> None:
         """Go on copying what conmon recorded, also while no crishim ran (see crilog)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -477,3 +478,25 @@ def test_read_cri_log(tmp_path: Path) -> None:
     assert read_cri_log(str(tmp_path / "log"), 100) == (b"hello\n\n", b"partial\n")
     assert read_cri_log(str(tmp_path / "log"), 3) == (b"hel", b"par")
     assert read_cri_log(str(tmp_path / "missing"), 3) == (b"", b"")
+
+
+async def test_exec_cut_short_by_a_crash_is_reaped_at_restart(env: Env, pod: Pod) -> None:
+    """An ExecSync running when crishim died has no caller any more: the restarted crishim kills what
+    it started and removes its bundle (found by the chaos test, seed 21: the bundle stayed forever)."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "execd", FOREVER)
+    cut_short = asyncio.create_task(first.exec_sync(cid, ["sleep", "3600"], 0))
+    pidfiles = await wait_until(lambda: list((env.run_dir / "exec").glob("*/pidfile")),
+                                what="the exec to start")
+    exec_pid = int(pidfiles[0].read_text())
+    assert alive(exec_pid)
+    second = env.manager()
+    await second.recover()
+    assert not alive(exec_pid)
+    assert os.listdir(env.run_dir / "exec") == []
+    cgroups = cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid)
+    assert cgroups and [p for d in cgroups for p in d.iterdir() if p.is_dir()] == []
+    with contextlib.suppress(Exception):  # the first crishim's call ends with its killed exec
+        await cut_short
+    assert (await second.status(cid)).state == ContainerState.RUNNING
