@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,14 +245,34 @@ def check_after_restart(server: CrishimServer, ledger: Ledger) -> None:
 
 
 def clean_up_like_kubelet(server: CrishimServer) -> None:
-    """(b) kubelet's cleanup of everything listed: every call succeeds."""
+    """(b) kubelet's cleanup of everything listed, one worker per pod at once as kubelet's pod workers
+    (and a second StopPodSandbox racing the first, as its housekeeping sends): every call succeeds."""
     rt = server.runtime()
-    for container in rt.ListContainers(api_pb2.ListContainersRequest(), timeout=30).containers:
-        rt.StopContainer(api_pb2.StopContainerRequest(container_id=container.id, timeout=1), timeout=60)
-        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container.id), timeout=60)
-    for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
-        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+    containers = rt.ListContainers(api_pb2.ListContainersRequest(), timeout=30).containers
+
+    def pod_worker(pod_id: str) -> None:
+        for container in containers:
+            if container.pod_sandbox_id == pod_id:
+                rt.StopContainer(api_pb2.StopContainerRequest(container_id=container.id, timeout=1),
+                                 timeout=60)
+                rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container.id), timeout=60)
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+    def housekeeping(pod_id: str) -> None:
+        try:
+            rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        except grpc.RpcError as err:  # the worker removed it first: kubelet takes that as done
+            assert err.code() == grpc.StatusCode.NOT_FOUND, f"StopPodSandbox {pod_id}: {err}"
+
+    pods = [p.id for p in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        workers = [pool.submit(pod_worker, pod_id) for pod_id in pods]
+        extra = [pool.submit(housekeeping, pod_id) for pod_id in pods]
+        for future in workers:
+            future.result()
+        for future in extra:
+            future.result()
     assert rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items == []
     assert rt.ListContainers(api_pb2.ListContainersRequest(), timeout=30).containers == []
     images = server.images()
@@ -287,6 +308,10 @@ def chaos_round(node: TestNode, server: CrishimServer, images: TestImages, seed:
     print(f"round seed {seed}: {len(ledger.pods)} pods ({len(ledger.pods_removed)} removed), "
           f"{len(ledger.containers)} containers, {len(ledger.images_pulled)} images pulled")
     assert not ledger.unexpected, ledger.unexpected
+    if rng.random() < 0.4:  # killed again while the restart recovers what the first kill cut short
+        server.start(wait=False)
+        time.sleep(rng.uniform(0.05, 1.5))
+        server.kill9()
     server.start()
     check_after_restart(server, ledger)
     clean_up_like_kubelet(server)
