@@ -545,12 +545,16 @@ class ContainerManager:
                 raise FailedPrecondition(f"cannot signal container {c.id}: {exc}") from exc
 
     async def _wait_exit(self, c: Container, within: float) -> bool:
+        """True once it exited; a container a concurrent remove took away is gone, so stopped too
+        (waiting for its exit would wait for an event nobody sets any more)."""
+        if self._containers.get(c.id) is not c:
+            return True
         event = self._exited.setdefault(c.id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), within)
         except TimeoutError:
             await self._refresh(c)
-        return c.state == ContainerState.EXITED
+        return c.state == ContainerState.EXITED or self._containers.get(c.id) is not c
 
     async def remove(self, container_id: str) -> None:
         """Kill a live container first; an unknown id is already removed."""
@@ -574,7 +578,9 @@ class ContainerManager:
             self._containers.pop(c.id, None)
             if not c.infra:
                 self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
-            self._exited.pop(c.id, None)
+            exited = self._exited.pop(c.id, None)
+            if exited is not None:
+                exited.set()  # wakes a concurrent stop waiting for it
         self._locks.pop(c.id, None)
         self._cleanups[c.id] = asyncio.ensure_future(self._cleanup(c))
         self._notify(c, "deleted")

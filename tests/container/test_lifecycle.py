@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -500,3 +501,25 @@ async def test_exec_cut_short_by_a_crash_is_reaped_at_restart(env: Env, pod: Pod
     with contextlib.suppress(Exception):  # the first crishim's call ends with its killed exec
         await cut_short
     assert (await second.status(cid)).state == ContainerState.RUNNING
+
+
+async def test_stop_racing_a_remove_ends_at_once(env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StopPodSandbox's stop of a container that a RemoveContainer takes away meanwhile is done: it
+    must not wait for an exit nobody reports any more (found by the chaos test, seed 204: the pod's
+    Stop hung for a minute after a restart, under kubelet's racing cleanup calls)."""
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, pod, "raced", FOREVER)
+    handler = mgr.runtimes[(await mgr.status(cid)).runtime_handler]
+    real_kill = type(handler).kill
+    removing: list[asyncio.Task[None]] = []
+
+    async def kill_after_a_remove(self: Any, container_id: str, signal_name: str) -> None:
+        if not removing:  # the racing RemoveContainer runs to its end before this SIGKILL is sent
+            removing.append(asyncio.create_task(mgr.remove(cid)))
+            await removing[0]
+        await real_kill(self, container_id, signal_name)
+
+    monkeypatch.setattr(type(handler), "kill", kill_after_a_remove)
+    await asyncio.wait_for(mgr.stop(cid, 0), 5)
+    assert mgr.get(cid) is None
