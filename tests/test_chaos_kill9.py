@@ -238,6 +238,17 @@ def check_after_restart(server: CrishimServer, ledger: Ledger) -> None:
             assert state == api_pb2.CONTAINER_RUNNING, f"running container {cid} is {state}"
     for container in containers.values():
         assert container.pod_sandbox_id in pods, f"container {container.id} listed without its pod"
+        status = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=container.id), timeout=30)
+        assert status.status.state == container.state
+        if container.state == api_pb2.CONTAINER_RUNNING:  # kubelet's probes go on
+            probe = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=container.id, cmd=["echo", "alive"],
+                                                        timeout=10), timeout=30)
+            assert (probe.exit_code, probe.stdout) == (0, b"alive\n"), f"exec in {container.id}: {probe}"
+    for pod in pods.values():
+        status = rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30)
+        assert status.status.state == pod.state
+        if pod.state == api_pb2.SANDBOX_READY:
+            assert status.status.network.ip, f"ready pod {pod.id} without an IP"
     images = {tag for image in server.images().ListImages(api_pb2.ListImagesRequest(), timeout=30).images
               for tag in image.repo_tags}
     for ref in ledger.images_pulled - ledger.images_removing:
@@ -350,6 +361,7 @@ def test_kill9_under_kubelet_load_loses_and_leaks_nothing(
                 assert cgroup_leftovers(cgroup_root) == []
                 assert processes_of(server, cgroup_root) == []
             except BaseException as err:
+                print("crishim log (tail):\n" + "\n".join(server.log().splitlines()[-300:]))
                 raise AssertionError(f"chaos seed {chaos_seed} (round {round_no}, round seed {round_seed}; "
                                      f"replay with CRISHIM_CHAOS_SEED={chaos_seed}): {err}") from err
     finally:
