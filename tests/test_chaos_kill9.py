@@ -13,6 +13,7 @@ The seed is printed on failure; `CRISHIM_CHAOS_SEED=N` replays its choices (the 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import secrets
@@ -297,17 +298,10 @@ def chaos_round(node: TestNode, server: CrishimServer, images: TestImages, seed:
                 log_dir: Path) -> None:
     rng = random.Random(seed)
     ledger = Ledger()
-    host_ports = iter(range(20000 + (seed % 100) * 100, 30000))
-    port_lock = threading.Lock()
-
-    def next_port() -> Iterator[int]:
-        while True:
-            with port_lock:
-                port = next(host_ports)
-            yield port
-
+    # One host port per pod (itertools.count's next() is atomic under the GIL).
+    host_ports = itertools.count(20000 + (seed % 100) * 100)
     clients = [Client(server, ledger, random.Random(rng.getrandbits(64)), images, cgroup_root,
-                      next_port(), log_dir) for _ in range(CLIENTS)]
+                      host_ports, log_dir) for _ in range(CLIENTS)]
     threads = [threading.Thread(target=c.work, args=(i == 0,), daemon=True) for i, c in enumerate(clients)]
     for thread in threads:
         thread.start()
@@ -329,9 +323,8 @@ def chaos_round(node: TestNode, server: CrishimServer, images: TestImages, seed:
 
 
 @pytest.fixture
-def chaos_seed() -> Iterator[int]:
-    seed = int(os.environ.get("CRISHIM_CHAOS_SEED") or random.SystemRandom().getrandbits(32))
-    yield seed
+def chaos_seed() -> int:
+    return int(os.environ.get("CRISHIM_CHAOS_SEED") or random.SystemRandom().getrandbits(32))
 
 
 def test_kill9_under_kubelet_load_loses_and_leaks_nothing(
