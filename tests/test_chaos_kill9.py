@@ -37,7 +37,7 @@ from tests.sandbox.podutil import node_leftovers, pod_config
 pytestmark = pytest.mark.root
 
 ROUNDS = int(os.environ.get("CRISHIM_CHAOS_ROUNDS", "3"))
-CLIENTS = 3
+CLIENTS = int(os.environ.get("CRISHIM_CHAOS_CLIENTS", "3"))
 CGROUP_V1 = Path("/sys/fs/cgroup")
 CALL_TIMEOUT = 60.0
 
