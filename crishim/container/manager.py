@@ -817,6 +817,20 @@ class ContainerManager:
             else:
                 await self._refresh(c, conmon_gone=True)
         await self._reap_execs()
+        await asyncio.to_thread(self._remove_stray_monitor_files)
+
+    def _remove_stray_monitor_files(self) -> None:
+        """conmon's exit file and attach-socket entry of a container whose removal a crash cut short
+        after its directory (what marks an unfinished container) was gone already."""
+        for directory in (self.exit_dir, Path(self.conmon.socket_dir)):
+            for path in directory.iterdir():
+                if path.name not in self._containers and not (self.root / path.name).exists():
+                    log.warning("removing a removed container's monitor file", extra={"path": str(path)})
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
 
     async def _reap_execs(self) -> None:
         """An ExecSync an earlier crishim ran when it died has no caller any more: what it started is

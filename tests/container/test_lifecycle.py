@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from crishim.container import manager as manager_mod
 from crishim.container.conmon import read_cri_log
 from crishim.container.manager import ContainerManager, ListFilter
 from crishim.container.model import (
@@ -523,3 +524,30 @@ async def test_stop_racing_a_remove_ends_at_once(env: Env, pod: Pod, monkeypatch
     monkeypatch.setattr(type(handler), "kill", kill_after_a_remove)
     await asyncio.wait_for(mgr.stop(cid, 0), 5)
     assert mgr.get(cid) is None
+
+
+def present(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if os.path.lexists(p)]
+
+
+async def test_a_crash_after_a_removed_containers_dir_went_leaves_no_monitor_files(
+        env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background cleanup removes the directory, then conmon's exit file and attach-socket entry; a
+    crash in between left those two forever (found by the chaos test, seeds 323 and 324)."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "half-cleaned", FOREVER)
+    real_remove_tree = manager_mod._remove_tree
+
+    def died_after_the_dir(tree: Path, *files: Path) -> None:
+        real_remove_tree(tree)
+
+    monkeypatch.setattr(manager_mod, "_remove_tree", died_after_the_dir)
+    await first.remove(cid)
+    await first.settle()
+    monkeypatch.undo()
+    monitor_files = [env.run_dir / "exits" / cid, env.run_dir / "sock" / cid]
+    assert present(monitor_files) and not present([env.state / cid])
+    second = env.manager()
+    await second.recover()
+    assert present(monitor_files) == []
