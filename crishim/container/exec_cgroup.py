@@ -28,9 +28,8 @@ class ExecCgroup:
     runtime_arg: str  # the value of `runtime exec --cgroup`
 
 
-def create(cgroups_path: str, name: str, runtime: str) -> ExecCgroup | None:
-    """The sub-cgroup `name` below the container's cgroup; None where there is no hierarchy for it
-    (or the container's cgroup is gone: it exited)."""
+def _place(cgroups_path: str, name: str, runtime: str) -> ExecCgroup | None:
+    """Where the sub-cgroup `name` below the container's cgroup goes; None without a hierarchy for it."""
     if V1_HIERARCHY.is_dir():
         # runc wants `controller:path` to use a sub-cgroup in one v1 hierarchy only (a bare path must
         # exist in all of them); crun 1.8 takes a bare path and joins it where it exists.
@@ -39,12 +38,29 @@ def create(cgroups_path: str, name: str, runtime: str) -> ExecCgroup | None:
         parent, arg = CGROUP_ROOT, name
     else:
         return None
-    path = parent / cgroups_path.strip("/") / name
+    return ExecCgroup(parent / cgroups_path.strip("/") / name, arg)
+
+
+def create(cgroups_path: str, name: str, runtime: str) -> ExecCgroup | None:
+    """The sub-cgroup `name` below the container's cgroup; None where there is no hierarchy for it
+    (or the container's cgroup is gone: it exited)."""
+    cgroup = _place(cgroups_path, name, runtime)
+    if cgroup is None:
+        return None
     try:
-        path.mkdir()
+        cgroup.path.mkdir()
     except FileNotFoundError:
         return None
-    return ExecCgroup(path, arg)
+    return cgroup
+
+
+def reap(cgroups_path: str, name: str, within: float) -> None:
+    """Kill what is in the exec cgroup `name` an earlier crishim left (the exec's caller died with it),
+    and remove it."""
+    cgroup = _place(cgroups_path, name, "")
+    if cgroup is not None and cgroup.path.is_dir():
+        kill_all(cgroup, within)
+        remove(cgroup)
 
 
 def _pids(cgroup: ExecCgroup) -> list[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from crishim.container import apparmor, crilog, userns
+from crishim.container import apparmor, crilog, exec_cgroup, userns
 from crishim.container import conmon as conmon_mod
 from crishim.container.conmon import Conmon, ExecResult
 from crishim.container.features import HandlerFeatures, probe
@@ -545,12 +545,16 @@ class ContainerManager:
                 raise FailedPrecondition(f"cannot signal container {c.id}: {exc}") from exc
 
     async def _wait_exit(self, c: Container, within: float) -> bool:
+        """True once it exited; a container a concurrent remove took away is gone, so stopped too
+        (waiting for its exit would wait for an event nobody sets any more)."""
+        if self._containers.get(c.id) is not c:
+            return True
         event = self._exited.setdefault(c.id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), within)
         except TimeoutError:
             await self._refresh(c)
-        return c.state == ContainerState.EXITED
+        return c.state == ContainerState.EXITED or self._containers.get(c.id) is not c
 
     async def remove(self, container_id: str) -> None:
         """Kill a live container first; an unknown id is already removed."""
@@ -574,7 +578,9 @@ class ContainerManager:
             self._containers.pop(c.id, None)
             if not c.infra:
                 self._names.pop((c.sandbox_id, c.spec.name, c.spec.attempt), None)
-            self._exited.pop(c.id, None)
+            exited = self._exited.pop(c.id, None)
+            if exited is not None:
+                exited.set()  # wakes a concurrent stop waiting for it
         self._locks.pop(c.id, None)
         self._cleanups[c.id] = asyncio.ensure_future(self._cleanup(c))
         self._notify(c, "deleted")
@@ -810,6 +816,38 @@ class ContainerManager:
                 self._watch(c)
             else:
                 await self._refresh(c, conmon_gone=True)
+        await self._reap_execs()
+        await asyncio.to_thread(self._remove_stray_monitor_files)
+
+    def _remove_stray_monitor_files(self) -> None:
+        """conmon's exit file and attach-socket entry of a container whose removal a crash cut short
+        after its directory (what marks an unfinished container) was gone already."""
+        for directory in (self.exit_dir, Path(self.conmon.socket_dir)):
+            for path in directory.iterdir():
+                if path.name not in self._containers and not (self.root / path.name).exists():
+                    log.warning("removing a removed container's monitor file", extra={"path": str(path)})
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+
+    async def _reap_execs(self) -> None:
+        """An ExecSync an earlier crishim ran when it died has no caller any more: what it started is
+        killed and its bundle removed (no exec of this process has begun yet)."""
+        for work in await asyncio.to_thread(lambda: list(self.exec_dir.iterdir())):
+            owner = next((c for c in self._containers.values() if work.name.startswith(f"{c.id[:16]}-exec-")),
+                         None)
+            if owner is not None:
+                try:
+                    config = await asyncio.to_thread(read_json, Path(owner.dir) / "config.json")
+                except FileNotFoundError:
+                    pass
+                else:
+                    await asyncio.to_thread(exec_cgroup.reap, config["linux"]["cgroupsPath"], work.name,
+                                            KILL_WAIT)
+            log.warning("removing an exec interrupted by a crash", extra={"exec": work.name})
+            await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / work.name)
 
     async def _resume_log_copy(self, c: Container) -> None:
         """Go on copying what conmon recorded, also while no crishim ran (see crilog)."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from crishim.container import manager as manager_mod
 from crishim.container.conmon import read_cri_log
 from crishim.container.manager import ContainerManager, ListFilter
 from crishim.container.model import (
@@ -477,3 +480,74 @@ def test_read_cri_log(tmp_path: Path) -> None:
     assert read_cri_log(str(tmp_path / "log"), 100) == (b"hello\n\n", b"partial\n")
     assert read_cri_log(str(tmp_path / "log"), 3) == (b"hel", b"par")
     assert read_cri_log(str(tmp_path / "missing"), 3) == (b"", b"")
+
+
+async def test_exec_cut_short_by_a_crash_is_reaped_at_restart(env: Env, pod: Pod) -> None:
+    """An ExecSync running when crishim died has no caller any more: the restarted crishim kills what
+    it started and removes its bundle (found by the chaos test, seed 21: the bundle stayed forever)."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "execd", FOREVER)
+    cut_short = asyncio.create_task(first.exec_sync(cid, ["sleep", "3600"], 0))
+    pidfiles = await wait_until(lambda: list((env.run_dir / "exec").glob("*/pidfile")),
+                                what="the exec to start")
+    exec_pid = int(pidfiles[0].read_text())
+    assert alive(exec_pid)
+    second = env.manager()
+    await second.recover()
+    assert not alive(exec_pid)
+    assert os.listdir(env.run_dir / "exec") == []
+    cgroups = cgroup_dirs(pod.sandbox.spec.cgroup_parent, cid)
+    assert cgroups and [p for d in cgroups for p in d.iterdir() if p.is_dir()] == []
+    with contextlib.suppress(Exception):  # the first crishim's call ends with its killed exec
+        await cut_short
+    assert (await second.status(cid)).state == ContainerState.RUNNING
+
+
+async def test_stop_racing_a_remove_ends_at_once(env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StopPodSandbox's stop of a container that a RemoveContainer takes away meanwhile is done: it
+    must not wait for an exit nobody reports any more (found by the chaos test, seed 204: the pod's
+    Stop hung for a minute after a restart, under kubelet's racing cleanup calls)."""
+    mgr = env.manager()
+    await mgr.recover()
+    cid = await started(env, pod, "raced", FOREVER)
+    handler = mgr.runtimes[(await mgr.status(cid)).runtime_handler]
+    real_kill = type(handler).kill
+    removing: list[asyncio.Task[None]] = []
+
+    async def kill_after_a_remove(self: Any, container_id: str, signal_name: str) -> None:
+        if not removing:  # the racing RemoveContainer runs to its end before this SIGKILL is sent
+            removing.append(asyncio.create_task(mgr.remove(cid)))
+            await removing[0]
+        await real_kill(self, container_id, signal_name)
+
+    monkeypatch.setattr(type(handler), "kill", kill_after_a_remove)
+    await asyncio.wait_for(mgr.stop(cid, 0), 5)
+    assert mgr.get(cid) is None
+
+
+def present(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if os.path.lexists(p)]
+
+
+async def test_a_crash_after_a_removed_containers_dir_went_leaves_no_monitor_files(
+        env: Env, pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background cleanup removes the directory, then conmon's exit file and attach-socket entry; a
+    crash in between left those two forever (found by the chaos test, seeds 323 and 324)."""
+    first = env.manager()
+    await first.recover()
+    cid = await started(env, pod, "half-cleaned", FOREVER)
+    real_remove_tree = manager_mod._remove_tree
+
+    def died_after_the_dir(tree: Path, *files: Path) -> None:
+        real_remove_tree(tree)
+
+    monkeypatch.setattr(manager_mod, "_remove_tree", died_after_the_dir)
+    await first.remove(cid)
+    await first.settle()
+    monkeypatch.undo()
+    monitor_files = [env.run_dir / "exits" / cid, env.run_dir / "sock" / cid]
+    assert present(monitor_files) and not present([env.state / cid])
+    second = env.manager()
+    await second.recover()
+    assert present(monitor_files) == []
