@@ -72,6 +72,40 @@ class _SyncPipe:
             os.close(self.read_fd)
 
 
+def remove_attach_link(socket_dir: str, uuid: str, bundle: str) -> None:
+    """Blocking: conmon's attach-socket symlink to `bundle`. It is named after the uuid conmon was given,
+    cut short where `socket_dir/<uuid>/attach` would not fit a socket address (a long run_dir): looked
+    for under the full name first, then by its target."""
+    full = os.path.join(socket_dir, uuid)
+    for path in (full, *(link for link, _ in _attach_links(socket_dir) if uuid.startswith(Path(link).name))):
+        with contextlib.suppress(OSError):
+            if os.readlink(path) == bundle:
+                os.unlink(path)
+                return
+
+
+def remove_stray_attach_links(socket_dir: str) -> list[str]:
+    """Blocking: conmon's attach-socket symlinks whose bundle is gone (a removal or an exec a crash cut
+    short); returns them. Told apart by target, as their names may be cut short."""
+    removed = []
+    for link, target in _attach_links(socket_dir):
+        if not os.path.isdir(target):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            removed.append(link)
+    return removed
+
+
+def _attach_links(socket_dir: str) -> list[tuple[str, str]]:
+    found = []
+    with os.scandir(socket_dir) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_symlink():
+                    found.append((entry.path, os.readlink(entry.path)))
+    return found
+
+
 def _common_args(conmon: Conmon, handler: RuntimeHandler, container_id: str, uuid: str, name: str,
                  bundle: str, pid_file: str, log_path: str) -> list[str]:
     return [

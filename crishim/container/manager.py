@@ -616,8 +616,8 @@ class ContainerManager:
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
         phases.mark("rootfs_release")
-        await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid,
-                                Path(self.conmon.socket_dir) / cid)
+        await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid)
+        await asyncio.to_thread(conmon_mod.remove_attach_link, self.conmon.socket_dir, cid, str(cdir))
         phases.mark("dir_remove")
 
     async def stop_all(self, sandbox_id: str, grace: float = 0) -> None:
@@ -662,7 +662,8 @@ class ContainerManager:
                 log_path=str(work / "output.log"), cgroups_path=config["linux"]["cgroupsPath"],
                 kill_after=kill_after, output_limit=self.exec_output_limit)
         finally:
-            await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / exec_id)
+            await asyncio.to_thread(_remove_tree, work)
+            await asyncio.to_thread(conmon_mod.remove_attach_link, self.conmon.socket_dir, exec_id, str(work))
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         c = self._require(container_id)
@@ -820,17 +821,16 @@ class ContainerManager:
         await asyncio.to_thread(self._remove_stray_monitor_files)
 
     def _remove_stray_monitor_files(self) -> None:
-        """conmon's exit file and attach-socket entry of a container whose removal a crash cut short
-        after its directory (what marks an unfinished container) was gone already."""
-        for directory in (self.exit_dir, Path(self.conmon.socket_dir)):
-            for path in directory.iterdir():
-                if path.name not in self._containers and not (self.root / path.name).exists():
-                    log.warning("removing a removed container's monitor file", extra={"path": str(path)})
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
+        """conmon's exit file and attach-socket link of a container whose removal a crash cut short after
+        its directory (what marks an unfinished container) was gone already, and the links of execs
+        (`_reap_execs` removed their bundles before)."""
+        for path in self.exit_dir.iterdir():
+            if path.name not in self._containers and not (self.root / path.name).exists():
+                log.warning("removing a removed container's exit file", extra={"path": str(path)})
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        for link in conmon_mod.remove_stray_attach_links(self.conmon.socket_dir):
+            log.warning("removed an attach link whose bundle is gone", extra={"path": link})
 
     async def _reap_execs(self) -> None:
         """An ExecSync an earlier crishim ran when it died has no caller any more: what it started is
@@ -847,7 +847,7 @@ class ContainerManager:
                     await asyncio.to_thread(exec_cgroup.reap, config["linux"]["cgroupsPath"], work.name,
                                             KILL_WAIT)
             log.warning("removing an exec interrupted by a crash", extra={"exec": work.name})
-            await asyncio.to_thread(_remove_tree, work, Path(self.conmon.socket_dir) / work.name)
+            await asyncio.to_thread(_remove_tree, work)
 
     async def _resume_log_copy(self, c: Container) -> None:
         """Go on copying what conmon recorded, also while no crishim ran (see crilog)."""

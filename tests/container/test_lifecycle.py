@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from crishim.container import conmon
 from crishim.container import manager as manager_mod
 from crishim.container.conmon import read_cri_log
 from crishim.container.manager import ContainerManager, ListFilter
@@ -551,3 +552,23 @@ async def test_a_crash_after_a_removed_containers_dir_went_leaves_no_monitor_fil
     second = env.manager()
     await second.recover()
     assert present(monitor_files) == []
+
+
+def test_attach_links_are_told_apart_by_target_as_conmon_cuts_their_names(tmp_path: Path) -> None:
+    """conmon names its attach-socket link after the uuid it was given, cut short where
+    `socket_dir/<uuid>/attach` would not fit a socket address: a run_dir a few characters longer than
+    usual (pytest's past pytest-999) left every exec's link behind when it was removed by name, and a
+    restart's stray sweep by name would take a live container's."""
+    sock = tmp_path / "sock"
+    sock.mkdir()
+    live, other, gone = tmp_path / "live", tmp_path / "other", tmp_path / "exec-gone"
+    live.mkdir()
+    other.mkdir()
+    cid, exec_id = "a" * 64, "b" * 16 + "-exec-" + "c" * 12
+    (sock / cid[:40]).symlink_to(live)
+    (sock / cid[:30]).symlink_to(other)  # a prefix of the same uuid, another container's bundle
+    (sock / exec_id[:25]).symlink_to(gone)
+    conmon.remove_attach_link(str(sock), cid, str(live))
+    assert sorted(p.name for p in sock.iterdir()) == sorted([cid[:30], exec_id[:25]])
+    assert conmon.remove_stray_attach_links(str(sock)) == [str(sock / exec_id[:25])]
+    assert [p.name for p in sock.iterdir()] == [cid[:30]]
