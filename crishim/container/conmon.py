@@ -77,11 +77,15 @@ def remove_attach_link(socket_dir: str, uuid: str, bundle: str) -> None:
     cut short where `socket_dir/<uuid>/attach` would not fit a socket address (a long run_dir): looked
     for under the full name first, then by its target."""
     full = os.path.join(socket_dir, uuid)
-    for path in (full, *(link for link, _ in _attach_links(socket_dir) if uuid.startswith(Path(link).name))):
-        with contextlib.suppress(OSError):
-            if os.readlink(path) == bundle:
-                os.unlink(path)
-                return
+    with contextlib.suppress(OSError):
+        if os.readlink(full) == bundle:
+            os.unlink(full)
+            return
+    for link, target in _attach_links(socket_dir):  # only where conmon cut the name: a long socket_dir
+        if target == bundle and uuid.startswith(os.path.basename(link)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            return
 
 
 def remove_stray_attach_links(socket_dir: str) -> list[str]:

@@ -616,8 +616,7 @@ class ContainerManager:
         await self._rootfs.release_rootfs(cid)
         await self._rootfs.release_image_volumes(cid)
         phases.mark("rootfs_release")
-        await asyncio.to_thread(_remove_tree, cdir, self.exit_dir / cid)
-        await asyncio.to_thread(conmon_mod.remove_attach_link, self.conmon.socket_dir, cid, str(cdir))
+        await asyncio.to_thread(self._remove_monitored, cdir, cid, self.exit_dir / cid)
         phases.mark("dir_remove")
 
     async def stop_all(self, sandbox_id: str, grace: float = 0) -> None:
@@ -662,8 +661,7 @@ class ContainerManager:
                 log_path=str(work / "output.log"), cgroups_path=config["linux"]["cgroupsPath"],
                 kill_after=kill_after, output_limit=self.exec_output_limit)
         finally:
-            await asyncio.to_thread(_remove_tree, work)
-            await asyncio.to_thread(conmon_mod.remove_attach_link, self.conmon.socket_dir, exec_id, str(work))
+            await asyncio.to_thread(self._remove_monitored, work, exec_id)
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         c = self._require(container_id)
@@ -819,6 +817,11 @@ class ContainerManager:
                 await self._refresh(c, conmon_gone=True)
         await self._reap_execs()
         await asyncio.to_thread(self._remove_stray_monitor_files)
+
+    def _remove_monitored(self, bundle: Path, uuid: str, *files: Path) -> None:
+        """Blocking: a bundle conmon monitored, its attach-socket link and `files`."""
+        _remove_tree(bundle, *files)
+        conmon_mod.remove_attach_link(self.conmon.socket_dir, uuid, str(bundle))
 
     def _remove_stray_monitor_files(self) -> None:
         """conmon's exit file and attach-socket link of a container whose removal a crash cut short after
